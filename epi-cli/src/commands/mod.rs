@@ -1,0 +1,3 @@
+//! One module per `epi` subcommand.
+
+pub mod list;

@@ -1,0 +1,64 @@
+//! `epi`: the command line tool of epi-bench — Energy Per Intelligence.
+//!
+//! Exit codes: 0 success; 1 a check failed (`validate` found a ✗); 2 usage error; 3 bad input
+//! (a file, line or field is wrong); 4 a run failed (device, server, plugin, I/O); 130 interrupted
+//! (everything measured so far is on disk).
+
+mod commands;
+mod context;
+
+use clap::{Parser, Subcommand};
+use context::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// epi-bench — measure Energy Per Intelligence: joules per token ÷ accuracy.
+#[derive(Debug, Parser)]
+#[command(name = "epi", version, about, long_about = None, after_help = EXIT_CODES)]
+struct Cli {
+    /// Configuration file (default: ./epi-bench.toml, then ~/.config/epi-bench/epi-bench.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Load a dynamic plugin library (repeatable).
+    #[arg(long = "plugin", global = true, value_name = "LIB")]
+    plugins: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 a check failed, 2 usage error, 3 bad input, 4 run failed, 130 interrupted.\nNO_COLOR=1 turns colour off.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List registered plugins.
+    #[command(subcommand)]
+    List(commands::list::ListWhat),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = match Context::load(cli.config.as_ref(), &cli.plugins) {
+        Ok(c) => c,
+        Err(e) => return report(e),
+    };
+    let result = match &cli.command {
+        Command::List(w) => commands::list::run(&ctx, w),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => report(e),
+    }
+}
+
+/// Prints an error with its causes and returns the exit code for it.
+fn report(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    let input = e.chain().any(|c| {
+        c.downcast_ref::<epi_framework::InputError>().is_some()
+            || matches!(c.downcast_ref::<epi_framework::Error>(), Some(epi_framework::Error::Input(_)))
+    });
+    ExitCode::from(if input { 3 } else { 4 })
+}

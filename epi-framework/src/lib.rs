@@ -1,0 +1,50 @@
+//! # epi-framework
+//!
+//! The core of epi-bench, which measures **Energy Per Intelligence**: how many joules one unit of
+//! useful LLM output costs. This crate defines
+//!
+//! - the plugin traits — [`PowerSource`], [`InferenceBackend`], [`Suite`], [`Scorer`], [`Plot`] —
+//!   and the string-keyed [`registry`] every plugin registers in;
+//! - the data model: power samples with provenance ([`sample`]), traces ([`trace`]), benchmark
+//!   results ([`benchmark`]), EPI results ([`result`]) and per-query records ([`records`]);
+//! - energy integration and attribution ([`energy`], [`trace`]) and every metric formula
+//!   ([`metrics`]), each defined once as `measurement-methodology.md` states it;
+//! - the EPI calculator ([`calculator`]).
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod config;
+pub mod dynamic;
+pub mod benchmark;
+pub mod energy;
+pub mod error;
+pub mod jsonio;
+pub mod metrics;
+pub mod plot;
+pub mod power;
+pub mod records;
+pub mod registry;
+pub mod result;
+pub mod sample;
+pub mod scorer;
+pub mod suite;
+pub mod trace;
+
+pub use backend::InferenceBackend;
+pub use benchmark::BenchmarkResult;
+pub use error::{Error, InputError, Location};
+pub use plot::Plot;
+pub use power::PowerSource;
+pub use registry::Registry;
+pub use result::EpiResult;
+pub use scorer::Scorer;
+pub use suite::Suite;
+pub use trace::PowerTrace;
+
+/// Re-exported so plugins register with the same `inventory` the framework collects from.
+pub use inventory;
+/// Re-exported for plugins implementing the async traits.
+pub use async_trait::async_trait;
+
+/// The version of epi-bench, as written into results.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

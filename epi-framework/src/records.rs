@@ -1,0 +1,328 @@
+//! Per-query records, written as JSON Lines and as an Arrow IPC stream while a run goes on, so an
+//! interrupted run leaves every finished query on disk, readable.
+
+use crate::error::Error;
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One query (one benchmark document, or one prompt) and everything measured about it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Suite key.
+    pub suite: String,
+    /// Document id within the suite.
+    pub doc_id: String,
+    /// Sub-task (MMLU subject).
+    pub subject: Option<String>,
+    /// `loglikelihood` or `generative`.
+    pub scoring_mode: String,
+    /// The rendered context (or prompt) sent.
+    pub context: String,
+    /// Choice texts.
+    pub choices: Vec<String>,
+    /// Σ log-probability per choice (loglikelihood mode).
+    pub choice_logprobs: Vec<f64>,
+    /// Whether each choice's log-probability is exact (top-N method can be inexact).
+    pub choice_exact: Vec<bool>,
+    /// Predicted choice (argmax of log-probability, or the parsed generative answer).
+    pub prediction: Option<u32>,
+    /// Predicted choice by log-probability per character (`acc_norm`).
+    pub prediction_norm: Option<u32>,
+    /// Gold choice.
+    pub gold: Option<u32>,
+    /// prediction == gold.
+    pub correct: Option<bool>,
+    /// prediction_norm == gold.
+    pub correct_norm: Option<bool>,
+    /// Generated text (generative mode, prompt runs).
+    pub generated_text: Option<String>,
+    /// Prompt tokens processed.
+    pub tokens_in: Option<u64>,
+    /// Tokens generated.
+    pub tokens_out: Option<u64>,
+    /// Prompt tokens served from cache.
+    pub cached_tokens: Option<u64>,
+    /// Server requests this query took.
+    pub requests: u32,
+    /// Start on the run's host monotonic timeline, s.
+    pub start_s: f64,
+    /// End on the run's host monotonic timeline, s.
+    pub end_s: f64,
+    /// Latency, s.
+    pub latency_s: f64,
+    /// Time to first token, s.
+    pub ttft_s: Option<f64>,
+    /// Attributed energy, J (profile runs).
+    pub energy_j: Option<f64>,
+    /// Coverage of the query's window by power samples.
+    pub energy_coverage: Option<f64>,
+    /// The error, when the query failed (it is counted as wrong, never dropped).
+    pub error: Option<String>,
+}
+
+fn schema() -> SchemaRef {
+    let list_f64 = DataType::List(Arc::new(Field::new("item", DataType::Float64, true)));
+    let list_bool = DataType::List(Arc::new(Field::new("item", DataType::Boolean, true)));
+    let list_str = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("suite", DataType::Utf8, false),
+        Field::new("doc_id", DataType::Utf8, false),
+        Field::new("subject", DataType::Utf8, true),
+        Field::new("scoring_mode", DataType::Utf8, false),
+        Field::new("context", DataType::Utf8, false),
+        Field::new("choices", list_str, true),
+        Field::new("choice_logprobs", list_f64, true),
+        Field::new("choice_exact", list_bool, true),
+        Field::new("prediction", DataType::UInt32, true),
+        Field::new("prediction_norm", DataType::UInt32, true),
+        Field::new("gold", DataType::UInt32, true),
+        Field::new("correct", DataType::Boolean, true),
+        Field::new("correct_norm", DataType::Boolean, true),
+        Field::new("generated_text", DataType::Utf8, true),
+        Field::new("tokens_in", DataType::UInt64, true),
+        Field::new("tokens_out", DataType::UInt64, true),
+        Field::new("cached_tokens", DataType::UInt64, true),
+        Field::new("requests", DataType::UInt32, false),
+        Field::new("start_s", DataType::Float64, false),
+        Field::new("end_s", DataType::Float64, false),
+        Field::new("latency_s", DataType::Float64, false),
+        Field::new("ttft_s", DataType::Float64, true),
+        Field::new("energy_j", DataType::Float64, true),
+        Field::new("energy_coverage", DataType::Float64, true),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+fn to_batch(schema: &SchemaRef, recs: &[QueryRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    macro_rules! strings {
+        ($f:expr) => {{
+            let mut b = StringBuilder::new();
+            for r in recs {
+                b.append_option($f(r));
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    macro_rules! prim {
+        ($builder:ty, $f:expr) => {{
+            let mut b = <$builder>::new();
+            for r in recs {
+                b.append_option($f(r));
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    let mut choices = ListBuilder::new(StringBuilder::new());
+    let mut lps = ListBuilder::new(Float64Builder::new());
+    let mut exact = ListBuilder::new(BooleanBuilder::new());
+    for r in recs {
+        for c in &r.choices {
+            choices.values().append_value(c);
+        }
+        choices.append(true);
+        for v in &r.choice_logprobs {
+            lps.values().append_value(*v);
+        }
+        lps.append(true);
+        for v in &r.choice_exact {
+            exact.values().append_value(*v);
+        }
+        exact.append(true);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        strings!(|r: &QueryRecord| Some(r.run_id.clone())),
+        strings!(|r: &QueryRecord| Some(r.suite.clone())),
+        strings!(|r: &QueryRecord| Some(r.doc_id.clone())),
+        strings!(|r: &QueryRecord| r.subject.clone()),
+        strings!(|r: &QueryRecord| Some(r.scoring_mode.clone())),
+        strings!(|r: &QueryRecord| Some(r.context.clone())),
+        Arc::new(choices.finish()),
+        Arc::new(lps.finish()),
+        Arc::new(exact.finish()),
+        prim!(UInt32Builder, |r: &QueryRecord| r.prediction),
+        prim!(UInt32Builder, |r: &QueryRecord| r.prediction_norm),
+        prim!(UInt32Builder, |r: &QueryRecord| r.gold),
+        prim!(BooleanBuilder, |r: &QueryRecord| r.correct),
+        prim!(BooleanBuilder, |r: &QueryRecord| r.correct_norm),
+        strings!(|r: &QueryRecord| r.generated_text.clone()),
+        prim!(UInt64Builder, |r: &QueryRecord| r.tokens_in),
+        prim!(UInt64Builder, |r: &QueryRecord| r.tokens_out),
+        prim!(UInt64Builder, |r: &QueryRecord| r.cached_tokens),
+        prim!(UInt32Builder, |r: &QueryRecord| Some(r.requests)),
+        prim!(Float64Builder, |r: &QueryRecord| Some(r.start_s)),
+        prim!(Float64Builder, |r: &QueryRecord| Some(r.end_s)),
+        prim!(Float64Builder, |r: &QueryRecord| Some(r.latency_s)),
+        prim!(Float64Builder, |r: &QueryRecord| r.ttft_s),
+        prim!(Float64Builder, |r: &QueryRecord| r.energy_j),
+        prim!(Float64Builder, |r: &QueryRecord| r.energy_coverage),
+        strings!(|r: &QueryRecord| r.error.clone()),
+    ];
+    RecordBatch::try_new(schema.clone(), cols)
+}
+
+/// Writes records to `<dir>/records.jsonl` (one line per record, flushed at once) and
+/// `<dir>/records.arrows` (Arrow IPC stream, one batch per `batch_size` records).
+///
+/// Both files are readable at any moment: JSON Lines up to the last complete line, the Arrow
+/// stream up to the last complete batch.
+pub struct RecordSink {
+    jsonl_path: PathBuf,
+    arrow_path: PathBuf,
+    jsonl: BufWriter<File>,
+    arrow: StreamWriter<BufWriter<File>>,
+    schema: SchemaRef,
+    pending: Vec<QueryRecord>,
+    batch_size: usize,
+    written: u64,
+}
+
+impl RecordSink {
+    /// Creates the two files in `dir`.
+    pub fn create(dir: impl AsRef<Path>, batch_size: usize) -> Result<RecordSink, Error> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let jsonl_path = dir.join("records.jsonl");
+        let arrow_path = dir.join("records.arrows");
+        let jsonl = BufWriter::new(File::create(&jsonl_path).map_err(|e| Error::io(&jsonl_path, e))?);
+        let af = BufWriter::new(File::create(&arrow_path).map_err(|e| Error::io(&arrow_path, e))?);
+        let schema = schema();
+        let mut arrow = StreamWriter::try_new(af, &schema)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
+        arrow.flush().map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
+        Ok(RecordSink {
+            jsonl_path,
+            arrow_path,
+            jsonl,
+            arrow,
+            schema,
+            pending: Vec::new(),
+            batch_size: batch_size.max(1),
+            written: 0,
+        })
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, rec: QueryRecord) -> Result<(), Error> {
+        let line = serde_json::to_string(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        writeln!(self.jsonl, "{line}").map_err(|e| Error::io(&self.jsonl_path, e))?;
+        self.jsonl.flush().map_err(|e| Error::io(&self.jsonl_path, e))?;
+        self.pending.push(rec);
+        self.written += 1;
+        if self.pending.len() >= self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes pending records as an Arrow batch.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let err = |e: arrow::error::ArrowError| Error::Invalid(format!("{}: {e}", self.arrow_path.display()));
+        let batch = to_batch(&self.schema, &self.pending).map_err(err)?;
+        self.arrow.write(&batch).map_err(err)?;
+        self.arrow.flush().map_err(err)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Records written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes and closes both files.
+    pub fn finish(mut self) -> Result<(PathBuf, PathBuf), Error> {
+        self.flush()?;
+        let path = self.arrow_path.clone();
+        self.arrow.finish().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        Ok((self.jsonl_path, self.arrow_path))
+    }
+}
+
+/// Reads an Arrow IPC stream of records back (complete batches only), returning the row count
+/// and the batches.
+pub fn read_arrow_records(path: &Path) -> Result<Vec<RecordBatch>, Error> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::BufReader::new(f), None)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for b in reader {
+        match b {
+            Ok(b) => out.push(b),
+            // A stream cut mid-batch (interrupted run): keep the complete batches.
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a JSON Lines record file (complete lines only).
+pub fn read_jsonl_records(path: &Path) -> Result<Vec<QueryRecord>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(e) if i + 1 == text.lines().count() && !text.ends_with('\n') => {
+                let _ = e; // a last line cut mid-write
+                break;
+            }
+            Err(e) => {
+                return Err(Error::Input(crate::error::InputError::new(
+                    crate::error::Location::file(path).at_line(i as u64 + 1),
+                    e.to_string(),
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_readable_before_and_after_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = RecordSink::create(dir.path(), 2).unwrap();
+        for i in 0..5 {
+            sink.push(QueryRecord {
+                run_id: "r".into(),
+                suite: "arc-challenge".into(),
+                doc_id: format!("test/{i}"),
+                choices: vec!["a".into(), "b".into()],
+                choice_logprobs: vec![-1.0, -2.0],
+                choice_exact: vec![true, false],
+                prediction: Some(0),
+                gold: Some(i % 2),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        // Interrupted here: two complete batches (4 rows) and five JSON lines are on disk.
+        let batches = read_arrow_records(&dir.path().join("records.arrows")).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
+        assert_eq!(read_jsonl_records(&dir.path().join("records.jsonl")).unwrap().len(), 5);
+        sink.finish().unwrap();
+        let batches = read_arrow_records(&dir.path().join("records.arrows")).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    }
+}

@@ -1,0 +1,404 @@
+//! The trace CSV line format: header, columns, and a fast, exact number parser.
+
+use crate::error::{InputError, Location};
+use std::path::Path;
+
+/// The six required columns, in the order the spec writes them.
+pub const REQUIRED_COLUMNS: [&str; 6] =
+    ["timestamp_ms", "node_id", "watts_rms", "volts_rms", "amps_rms", "power_factor"];
+
+/// Optional columns epi-bench writes when it records a trace itself.
+pub const OPTIONAL_COLUMNS: [&str; 3] = ["utc_ms", "source_t_ms", "energy_j"];
+
+/// The role of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// `timestamp_ms`: ms on the trace's timeline.
+    Timestamp,
+    /// `node_id`: channel index.
+    Node,
+    /// `watts_rms`.
+    Watts,
+    /// `volts_rms` (may be empty: not measured).
+    Volts,
+    /// `amps_rms` (may be empty).
+    Amps,
+    /// `power_factor` in [0, 1] (may be empty).
+    PowerFactor,
+    /// `utc_ms`: host UTC arrival time, epoch ms (may be empty).
+    UtcMs,
+    /// `source_t_ms`: the source's own clock (may be empty).
+    SourceTime,
+    /// `energy_j`: cumulative energy counter, J (may be empty).
+    EnergyCounter,
+}
+
+impl Column {
+    fn from_name(name: &str) -> Option<Column> {
+        Some(match name {
+            "timestamp_ms" => Column::Timestamp,
+            "node_id" => Column::Node,
+            "watts_rms" => Column::Watts,
+            "volts_rms" => Column::Volts,
+            "amps_rms" => Column::Amps,
+            "power_factor" => Column::PowerFactor,
+            "utc_ms" => Column::UtcMs,
+            "source_t_ms" => Column::SourceTime,
+            "energy_j" => Column::EnergyCounter,
+            _ => return None,
+        })
+    }
+}
+
+/// The columns of a trace file, from its header line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// Column roles in file order.
+    pub columns: Vec<Column>,
+    /// Column names in file order.
+    pub names: Vec<String>,
+}
+
+impl Header {
+    /// Parses the header line (line 1) of `path`.
+    pub fn parse(path: &Path, line: &[u8]) -> Result<Header, InputError> {
+        let loc = || Location::file(path).at_line(1);
+        let text = std::str::from_utf8(line)
+            .map_err(|_| InputError::new(loc().field("header"), "header is not UTF-8 text"))?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text).trim_end_matches('\r');
+        let expected = REQUIRED_COLUMNS.join(",");
+        if text.trim().is_empty() {
+            return Err(InputError::new(
+                loc().field("header"),
+                format!("missing header line; expected \"{expected}\""),
+            ));
+        }
+        if text.as_bytes()[0].is_ascii_digit() || text.starts_with('-') {
+            return Err(InputError::new(
+                loc().field("header"),
+                format!("missing header line (the first line is data); expected \"{expected}\""),
+            ));
+        }
+        let mut columns = Vec::new();
+        let mut names = Vec::new();
+        for raw in text.split(',') {
+            let name = raw.trim();
+            let col = Column::from_name(name).ok_or_else(|| {
+                InputError::new(
+                    loc().field(format!("column \"{name}\"")),
+                    format!(
+                        "unknown column; expected the columns {expected} (optionally also {})",
+                        OPTIONAL_COLUMNS.join(",")
+                    ),
+                )
+            })?;
+            if columns.contains(&col) {
+                return Err(InputError::new(loc().field(format!("column \"{name}\"")), "column appears twice"));
+            }
+            columns.push(col);
+            names.push(name.to_string());
+        }
+        for (req, name) in [
+            (Column::Timestamp, "timestamp_ms"),
+            (Column::Node, "node_id"),
+            (Column::Watts, "watts_rms"),
+            (Column::Volts, "volts_rms"),
+            (Column::Amps, "amps_rms"),
+            (Column::PowerFactor, "power_factor"),
+        ] {
+            if !columns.contains(&req) {
+                return Err(InputError::new(
+                    loc().field(format!("column \"{name}\"")),
+                    format!("required column missing; expected \"{expected}\""),
+                ));
+            }
+        }
+        Ok(Header { columns, names })
+    }
+
+    /// Whether the file has a column.
+    pub fn has(&self, c: Column) -> bool {
+        self.columns.contains(&c)
+    }
+}
+
+/// One data row, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Row {
+    /// `timestamp_ms`.
+    pub t_ms: f64,
+    /// `node_id`.
+    pub node: u32,
+    /// `watts_rms`.
+    pub watts: f64,
+    /// `volts_rms`, when present.
+    pub volts: Option<f64>,
+    /// `amps_rms`, when present.
+    pub amps: Option<f64>,
+    /// `power_factor`, when present.
+    pub power_factor: Option<f64>,
+    /// `utc_ms`, when present.
+    pub utc_ms: Option<i64>,
+    /// `source_t_ms`, when present.
+    pub source_t_ms: Option<f64>,
+    /// `energy_j`, when present.
+    pub energy_j: Option<f64>,
+}
+
+/// What was wrong with a row: the column name and the message (the caller adds file and line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowError {
+    /// Column name (or `row`).
+    pub field: String,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+fn show(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    if s.len() > 40 {
+        format!("\"{}…\"", &s[..s.char_indices().nth(40).map(|(i, _)| i).unwrap_or(s.len())])
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+/// Parses one data line (without its newline; a trailing `\r` is ignored).
+pub fn parse_row(header: &Header, line: &[u8]) -> Result<Row, RowError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut row = Row::default();
+    let mut rest = line;
+    let n = header.columns.len();
+    for (i, col) in header.columns.iter().enumerate() {
+        let field = if i + 1 < n {
+            match memchr::memchr(b',', rest) {
+                Some(p) => {
+                    let f = &rest[..p];
+                    rest = &rest[p + 1..];
+                    f
+                }
+                None => {
+                    let found = i + 1;
+                    return Err(RowError {
+                        field: "row".into(),
+                        message: format!(
+                            "expected {n} fields ({}), found {found}{}",
+                            header.names.join(","),
+                            if line.is_empty() { " (empty line)" } else { " (is the file truncated?)" }
+                        ),
+                    });
+                }
+            }
+        } else {
+            if memchr::memchr(b',', rest).is_some() {
+                let found = n + bytecount(rest, b',');
+                return Err(RowError {
+                    field: "row".into(),
+                    message: format!("expected {n} fields ({}), found {found}", header.names.join(",")),
+                });
+            }
+            rest
+        };
+        parse_field(*col, &header.names[i], field, &mut row)?;
+    }
+    Ok(row)
+}
+
+fn bytecount(s: &[u8], b: u8) -> usize {
+    s.iter().filter(|&&c| c == b).count()
+}
+
+#[inline]
+fn parse_field(col: Column, name: &str, raw: &[u8], row: &mut Row) -> Result<(), RowError> {
+    let err = |msg: String| RowError { field: name.to_string(), message: msg };
+    match col {
+        Column::Timestamp => {
+            let v = parse_f64(raw).filter(|v| v.is_finite());
+            row.t_ms = v.ok_or_else(|| err(format!("expected a time in milliseconds, found {}", show(raw))))?;
+        }
+        Column::Node => {
+            row.node = parse_u32(raw)
+                .ok_or_else(|| err(format!("expected a node index (integer ≥ 0), found {}", show(raw))))?;
+        }
+        Column::Watts => {
+            let v = parse_f64(raw);
+            row.watts = match v {
+                Some(w) if w.is_finite() && w >= 0.0 => w,
+                Some(w) if w.is_finite() => {
+                    return Err(err(format!("expected watts ≥ 0, found {} (negative power)", show(raw))))
+                }
+                _ => return Err(err(format!("expected a finite number of watts ≥ 0, found {}", show(raw)))),
+            };
+        }
+        Column::Volts | Column::Amps => {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let v = parse_f64(raw).filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                err(format!("expected a finite number ≥ 0 (or an empty field), found {}", show(raw)))
+            })?;
+            if col == Column::Volts {
+                row.volts = Some(v);
+            } else {
+                row.amps = Some(v);
+            }
+        }
+        Column::PowerFactor => {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let v = parse_f64(raw).filter(|v| (0.0..=1.0).contains(v)).ok_or_else(|| {
+                err(format!("expected a power factor in [0, 1] (or an empty field), found {}", show(raw)))
+            })?;
+            row.power_factor = Some(v);
+        }
+        Column::UtcMs => {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let v = std::str::from_utf8(raw).ok().and_then(|s| s.parse::<i64>().ok()).ok_or_else(|| {
+                err(format!("expected Unix epoch milliseconds (integer), found {}", show(raw)))
+            })?;
+            row.utc_ms = Some(v);
+        }
+        Column::SourceTime => {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let v = parse_f64(raw)
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| err(format!("expected a time in milliseconds, found {}", show(raw))))?;
+            row.source_t_ms = Some(v);
+        }
+        Column::EnergyCounter => {
+            if raw.is_empty() {
+                return Ok(());
+            }
+            let v = parse_f64(raw).filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                err(format!("expected a cumulative energy in joules ≥ 0, found {}", show(raw)))
+            })?;
+            row.energy_j = Some(v);
+        }
+    }
+    Ok(())
+}
+
+/// Parses a non-negative decimal integer that fits in u32.
+#[inline]
+pub fn parse_u32(raw: &[u8]) -> Option<u32> {
+    if raw.is_empty() || raw.len() > 10 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &b in raw {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + d as u64;
+    }
+    u32::try_from(v).ok()
+}
+
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17,
+    1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Parses a decimal number, correctly rounded.
+///
+/// Plain decimals (`-12.450`, `1000`) with at most 15 significant digits take an exact fast path
+/// (an integer mantissa below 2^53 divided by an exact power of ten is correctly rounded by IEEE
+/// division); everything else goes to the standard library's parser. `nan`/`inf` parse to
+/// non-finite values the callers reject.
+#[inline]
+pub fn parse_f64(raw: &[u8]) -> Option<f64> {
+    let (neg, digits) = match raw.first() {
+        Some(b'-') => (true, &raw[1..]),
+        Some(b'+') => (false, &raw[1..]),
+        Some(_) => (false, raw),
+        None => return None,
+    };
+    let mut mant: u64 = 0;
+    let mut n_digits = 0u32;
+    let mut frac = 0u32;
+    let mut seen_dot = false;
+    let mut any = false;
+    for &b in digits {
+        let d = b.wrapping_sub(b'0');
+        if d <= 9 {
+            any = true;
+            if mant == 0 && d == 0 {
+                if seen_dot {
+                    frac += 1;
+                }
+                continue;
+            }
+            n_digits += 1;
+            if n_digits > 15 {
+                return slow(raw);
+            }
+            mant = mant * 10 + d as u64;
+            if seen_dot {
+                frac += 1;
+            }
+        } else if b == b'.' && !seen_dot {
+            seen_dot = true;
+        } else {
+            return slow(raw);
+        }
+    }
+    if !any || frac > 22 {
+        return slow(raw);
+    }
+    let v = mant as f64 / POW10[frac as usize];
+    Some(if neg { -v } else { v })
+}
+
+#[cold]
+fn slow(raw: &[u8]) -> Option<f64> {
+    std::str::from_utf8(raw).ok()?.parse::<f64>().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_parser_is_exact() {
+        for s in [
+            "0", "12.450", "-3.5", "121.300", "0.9970", "1000", "0.1", "1e3", "123456789012345.6",
+            "0.000001", "+7", "9.999999999999999", ".5", "5.",
+        ] {
+            let expect: f64 = s.parse().unwrap();
+            assert_eq!(parse_f64(s.as_bytes()), Some(expect), "{s}");
+        }
+        assert!(parse_f64(b"nan").unwrap().is_nan());
+        assert!(parse_f64(b"abc").is_none());
+        assert!(parse_f64(b"").is_none());
+        assert!(parse_f64(b"-").is_none());
+        assert!(parse_f64(b"1.2.3").is_none());
+    }
+
+    #[test]
+    fn fast_parser_matches_std_on_many_values() {
+        let mut x: u64 = 12345;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let digits = (x >> 33) % 1_000_000_000;
+            let scale = (x >> 20) % 9;
+            let s = format!("{}.{:0width$}", digits / 10u64.pow(scale as u32), digits % 10u64.pow(scale as u32), width = scale as usize);
+            let s = if scale == 0 { format!("{digits}") } else { s };
+            assert_eq!(parse_f64(s.as_bytes()), s.parse::<f64>().ok(), "{s}");
+        }
+    }
+
+    #[test]
+    fn u32_parser() {
+        assert_eq!(parse_u32(b"0"), Some(0));
+        assert_eq!(parse_u32(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_u32(b"4294967296"), None);
+        assert_eq!(parse_u32(b"-1"), None);
+        assert_eq!(parse_u32(b"1.0"), None);
+    }
+}

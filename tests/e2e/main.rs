@@ -1,0 +1,4 @@
+//! End-to-end tests: the `epi` binary run as a user runs it, against real files, a real `sshd`,
+//! a real pseudo-terminal and real SQLite databases.
+
+mod support;
