@@ -6,6 +6,7 @@
 
 mod commands;
 mod context;
+mod plugins;
 
 use clap::{Parser, Subcommand};
 use context::Context;
@@ -36,6 +37,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    plugins::link_all();
     let cli = Cli::parse();
     let ctx = match Context::load(cli.config.as_ref(), &cli.plugins) {
         Ok(c) => c,
