@@ -1,6 +1,9 @@
 //! epi-bench power sources: epi-meter UART, Orchestrator SQLite over SSH, RAPL, NVML, CSV replay.
 #![deny(missing_docs)]
 
+pub mod epi_meter;
+mod host_time;
+
 /// Forces this crate's plugin registrations into a binary that links it (linkers drop archive
 /// members nothing refers to, and `inventory` registrations are referred to by nothing).
 #[inline(never)]
