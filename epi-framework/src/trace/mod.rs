@@ -115,3 +115,6 @@ impl PowerTrace {
         self.summary.channels.iter().map(|(k, c)| (*k, c.joules)).collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

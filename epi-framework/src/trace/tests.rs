@@ -1,0 +1,269 @@
+//! Known-answer and rejection tests of trace integration.
+
+use super::*;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+const HEADER: &str = "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor\n";
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn row(t: f64, node: u32, w: f64) -> String {
+    format!("{t},{node},{w},230.0,{:.4},0.99\n", w / 230.0 / 0.99)
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    ((a - b) / b).abs()
+}
+
+#[test]
+fn piecewise_linear_synchronous_is_exact() {
+    // Node 0 ramps 10 → 20 W over 0..10 s then holds: energy 150 + 100 = 250 J.
+    // Node 1 holds 5 W over 0..20 s: 100 J. Samples every 500 ms; the trapezoid rule is exact.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    for i in 0..=40 {
+        let t = i as f64 * 500.0;
+        let w0 = if t <= 10_000.0 { 10.0 + t / 1000.0 } else { 20.0 };
+        s += &row(t, 0, w0);
+        s += &row(t, 1, 5.0);
+    }
+    let p = write(&dir, "t.csv", &s);
+    let sum = summarize(&p, &TraceOptions::default()).unwrap();
+    assert!(rel(sum.channels[&0].joules, 250.0) < 1e-12, "{}", sum.channels[&0].joules);
+    assert!(rel(sum.channels[&1].joules, 100.0) < 1e-12);
+    assert!(rel(sum.total_joules(), 350.0) < 1e-12);
+    assert_eq!(sum.duration_seconds(), 20.0);
+    assert!(rel(sum.avg_watts(), 17.5) < 1e-12);
+    assert!(rel(sum.peak_watts, 25.0) < 1e-12);
+    assert!(sum.peak_at_ms >= 10_000.0);
+    assert_eq!(sum.samples, 82);
+    assert_eq!(sum.coverage(), 1.0);
+    assert!(sum.time_sorted);
+    assert!(rel(sum.kwh(), 350.0 / 3.6e6) < 1e-12);
+}
+
+#[test]
+fn irregular_sampling_is_exact_on_a_linear_signal() {
+    // w(t) = 3 + 0.002 t (t in ms), sampled at irregular instants over 0..7000 ms:
+    // ∫ = 3·7 + 0.002·7000²/2/1000 = 21 + 49 = 70 J.
+    let dir = tempfile::tempdir().unwrap();
+    let ts = [0.0, 13.0, 250.0, 251.0, 999.5, 2000.0, 2003.25, 4500.0, 6999.0, 7000.0];
+    let mut s = String::from(HEADER);
+    for t in ts {
+        s += &row(t, 2, 3.0 + 0.002 * t);
+    }
+    let p = write(&dir, "t.csv", &s);
+    let sum = summarize(&p, &TraceOptions { gap_limit_ms: 3000.0, ..Default::default() }).unwrap();
+    assert!(rel(sum.total_joules(), 70.0) < 1e-12, "{}", sum.total_joules());
+    assert_eq!(sum.channels[&2].max_interval_ms, 2496.75);
+}
+
+#[test]
+fn nodes_sampled_at_different_instants() {
+    // Node 0 at 0, 100, 200, ... ms; node 1 at 50, 150, ... ms, both linear ramps.
+    // Node 0: w = 10 + t/100 over 0..1000 → ∫ = 10 + 5 = 15 J.
+    // Node 1: w = 20 − t/100 over 50..950 → ∫ over 0.9 s = 0.9·(20 − 5) = 13.5 J.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    for i in 0..=10 {
+        let t0 = i as f64 * 100.0;
+        s += &row(t0, 0, 10.0 + t0 / 100.0);
+        if i < 10 {
+            let t1 = t0 + 50.0;
+            s += &row(t1, 1, 20.0 - t1 / 100.0);
+        }
+    }
+    let p = write(&dir, "t.csv", &s);
+    let sum = summarize(&p, &TraceOptions::default()).unwrap();
+    assert!(rel(sum.channels[&0].joules, 15.0) < 1e-12);
+    assert!(rel(sum.channels[&1].joules, 13.5) < 1e-12);
+    // Cluster power where both channels cover: node0 + node1 = 10 + t/100 + 20 − t/100 = 30 W,
+    // constant; at instants outside node 1's span only node 0 counts (≤ 20 W).
+    assert!(rel(sum.peak_watts, 30.0) < 1e-12, "{}", sum.peak_watts);
+    // Window 0..1000; node 1 covers 900 ms of it.
+    assert!(rel(sum.coverage(), 0.9) < 1e-12);
+    assert!(sum.flags().contains(&"coverage-below-1".to_string()));
+}
+
+#[test]
+fn gaps_are_reported_and_bridged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    for t in [0.0, 100.0, 200.0, 5200.0, 5300.0] {
+        s += &row(t, 0, 10.0);
+    }
+    let p = write(&dir, "t.csv", &s);
+    let sum = summarize(&p, &TraceOptions { gap_limit_ms: 1000.0, ..Default::default() }).unwrap();
+    assert_eq!(sum.gap_count, 1);
+    assert_eq!(sum.gaps[0].node_id, 0);
+    assert_eq!((sum.gaps[0].start_ms, sum.gaps[0].end_ms), (200.0, 5200.0));
+    assert!(rel(sum.total_joules(), 53.0) < 1e-12); // 10 W × 5.3 s, bridged linearly
+    assert!(rel(sum.coverage(), 300.0 / 5300.0) < 1e-12);
+    assert!(sum.flags().contains(&"gaps".to_string()));
+}
+
+#[test]
+fn node_blocked_files_give_the_same_results_as_interleaved_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inter = String::from(HEADER);
+    let mut blocked = String::from(HEADER);
+    let mut per: Vec<String> = vec![String::new(); 3];
+    for i in 0..200 {
+        for n in 0..3u32 {
+            let t = i as f64 * 20.0 + n as f64 * 7.0;
+            let w = 5.0 + ((i * 7 + n as usize * 13) % 17) as f64;
+            let r = row(t, n, w);
+            inter += &r;
+            per[n as usize] += &r;
+        }
+    }
+    for p in &per {
+        blocked += p;
+    }
+    let a = summarize(&write(&dir, "a.csv", &inter), &TraceOptions::default()).unwrap();
+    let b = summarize(&write(&dir, "b.csv", &blocked), &TraceOptions::default()).unwrap();
+    assert!(a.time_sorted && !b.time_sorted);
+    assert_eq!(a.total_joules(), b.total_joules());
+    assert_eq!(a.peak_watts, b.peak_watts);
+    assert_eq!(a.peak_at_ms, b.peak_at_ms);
+}
+
+#[test]
+fn block_boundaries_and_thread_counts_do_not_change_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    for i in 0..20_000 {
+        let t = i as f64 * 20.0;
+        for n in 0..4u32 {
+            let w = 8.0 + ((i * 31 + n as usize * 7) % 101) as f64 / 10.0;
+            let _ = write!(s, "{t},{n},{w:.3},121.3,{:.4},0.997\n", w / 121.3);
+        }
+    }
+    let p = write(&dir, "big.csv", &s);
+    let one = summarize(&p, &TraceOptions { threads: 1, block_bytes: 1 << 30, ..Default::default() }).unwrap();
+    for (threads, block) in [(2, 4096), (3, 5000), (8, 65_536)] {
+        let other = summarize(&p, &TraceOptions { threads, block_bytes: block, ..Default::default() }).unwrap();
+        assert_eq!(other.samples, one.samples);
+        assert!(rel(other.total_joules(), one.total_joules()) < 1e-12);
+        assert_eq!(other.peak_watts, one.peak_watts);
+        assert_eq!(other.channels.keys().collect::<Vec<_>>(), one.channels.keys().collect::<Vec<_>>());
+    }
+    // And the streaming reader sees the same rows.
+    let n = TraceReader::open(&p).unwrap().count();
+    assert_eq!(n as u64, one.samples);
+}
+
+#[test]
+fn crlf_bom_and_trailing_blank_lines_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\u{feff}timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor\r\n0,0,1.0,120,0.01,1\r\n1000,0,3.0,120,0.03,1\r\n\r\n";
+    let sum = summarize(&write(&dir, "t.csv", text), &TraceOptions::default()).unwrap();
+    assert_eq!(sum.total_joules(), 2.0);
+}
+
+#[test]
+fn optional_columns_and_counter_energy() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,utc_ms,source_t_ms,energy_j\n\
+                0,0,10,,,,1700000000000,5,100\n1000,0,10,,,,1700000001000,1005,110.5\n";
+    let sum = summarize(&write(&dir, "t.csv", text), &TraceOptions::default()).unwrap();
+    assert_eq!(sum.total_joules(), 10.0);
+    assert_eq!(sum.counter_joules(), Some(10.5));
+}
+
+/// Runs `summarize` on `body` (after the standard header unless `raw`) and returns the error text.
+fn reject(body: &str, raw: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let text = if raw { body.to_string() } else { format!("{HEADER}{body}") };
+    let p = write(&dir, "bad.csv", &text);
+    let e = summarize(&p, &TraceOptions::default()).unwrap_err().to_string();
+    let name = p.display().to_string();
+    assert!(e.starts_with(&name), "error does not name the file: {e}");
+    e.replacen(&name, "bad.csv", 1)
+}
+
+#[test]
+fn decreasing_timestamps_within_a_node_are_rejected() {
+    let e = reject("0,0,1,120,0.01,1\n1000,1,1,120,0.01,1\n2000,0,1,120,0.01,1\n1500,0,1,120,0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:5: timestamp_ms: 1500 is earlier than node 0's previous sample at 2000"), "{e}");
+}
+
+#[test]
+fn nan_and_infinite_values_are_rejected() {
+    let e = reject("0,0,NaN,120,0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:2: watts_rms: expected a finite number of watts"), "{e}");
+    let e = reject("0,0,1,120,0.01,1\n10,0,1,inf,0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:3: volts_rms: expected a finite number"), "{e}");
+    let e = reject("nan,0,1,120,0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:2: timestamp_ms: expected a time in milliseconds"), "{e}");
+}
+
+#[test]
+fn negative_watts_are_rejected() {
+    let e = reject("0,0,1,120,0.01,1\n10,0,-0.5,120,0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:3: watts_rms: expected watts ≥ 0, found \"-0.5\""), "{e}");
+}
+
+#[test]
+fn power_factor_outside_unit_interval_is_rejected() {
+    let e = reject("0,0,1,120,0.01,1.02\n", false);
+    assert!(e.starts_with("bad.csv:2: power_factor: expected a power factor in [0, 1]"), "{e}");
+    let e = reject("0,0,1,120,0.01,-0.1\n", false);
+    assert!(e.starts_with("bad.csv:2: power_factor:"), "{e}");
+}
+
+#[test]
+fn unknown_columns_are_rejected() {
+    let e = reject("timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,temp_c\n0,0,1,1,1,1,30\n", true);
+    assert!(e.starts_with("bad.csv:1: column \"temp_c\": unknown column; expected the columns timestamp_ms,node_id"), "{e}");
+}
+
+#[test]
+fn a_missing_header_is_rejected() {
+    let e = reject("0,0,1,120,0.01,1\n", true);
+    assert!(e.starts_with("bad.csv:1: header: missing header line (the first line is data)"), "{e}");
+    let e = reject("", true);
+    assert!(e.starts_with("bad.csv:1: header: missing header line"), "{e}");
+    let e = reject("timestamp_ms,node_id,watts_rms\n0,0,1\n", true);
+    assert!(e.starts_with("bad.csv:1: column \"volts_rms\": required column missing"), "{e}");
+}
+
+#[test]
+fn a_truncated_last_line_is_rejected() {
+    let e = reject("0,0,1,120,0.01,1\n1000,0,1.2,12", false);
+    assert!(e.starts_with("bad.csv:3: row: expected 6 fields"), "{e}");
+    assert!(e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn other_malformed_fields_are_rejected() {
+    let e = reject("0,zero,1,120,0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:2: node_id: expected a node index"), "{e}");
+    let e = reject("0,0,1,120,0.01,1,7\n", false);
+    assert!(e.starts_with("bad.csv:2: row: expected 6 fields"), "{e}");
+    let e = reject("0,0,1,120,-0.01,1\n", false);
+    assert!(e.starts_with("bad.csv:2: amps_rms:"), "{e}");
+}
+
+#[test]
+fn errors_deep_in_a_multi_block_file_name_the_right_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    for i in 0..5000 {
+        s += &row(i as f64 * 10.0, 0, 1.0);
+    }
+    s += "50000,0,1,120,0.01,7\n"; // line 5002
+    for i in 0..100 {
+        s += &row(50_010.0 + i as f64 * 10.0, 0, 1.0);
+    }
+    let p = write(&dir, "t.csv", &s);
+    let e = summarize(&p, &TraceOptions { threads: 4, block_bytes: 4096, ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("t.csv:5002: power_factor"), "{e}");
+}
