@@ -34,6 +34,12 @@ enum Command {
     /// List registered plugins.
     #[command(subcommand)]
     List(commands::list::ListWhat),
+    /// Calculate EPI from a power trace and benchmark results.
+    Calculate(commands::calculate::CalculateArgs),
+    /// Validate a community submission directory.
+    Validate(commands::validate::ValidateArgs),
+    /// Export EPI results to the community CSV.
+    Export(commands::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::List(w) => commands::list::run(&ctx, w),
+        Command::Calculate(a) => commands::calculate::run(&ctx, a),
+        Command::Validate(a) => commands::validate::run(&ctx, a),
+        Command::Export(a) => commands::export::run(&ctx, a),
     };
     match result {
         Ok(code) => code,
