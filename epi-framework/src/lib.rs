@@ -16,6 +16,7 @@ pub mod backend;
 pub mod config;
 pub mod dynamic;
 pub mod benchmark;
+pub mod calculator;
 pub mod energy;
 pub mod error;
 pub mod jsonio;
