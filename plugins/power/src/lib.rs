@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod epi_meter;
+pub mod rapl;
 mod host_time;
 
 /// Forces this crate's plugin registrations into a binary that links it (linkers drop archive
