@@ -9,7 +9,8 @@
 //!   results ([`benchmark`]), EPI results ([`result`]) and per-query records ([`records`]);
 //! - energy integration and attribution ([`energy`], [`trace`]) and every metric formula
 //!   ([`metrics`]), each defined once as `measurement-methodology.md` states it;
-//! - the EPI calculator ([`calculator`]).
+//! - the EPI calculator ([`calculator`]);
+//! - the results database ([`resultsdb`]): tagged EPI results in SQLite, queries, exports.
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -26,6 +27,7 @@ pub mod power;
 pub mod records;
 pub mod registry;
 pub mod result;
+pub mod resultsdb;
 pub mod sample;
 pub mod scorer;
 pub mod suite;
