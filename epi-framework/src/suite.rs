@@ -30,6 +30,38 @@ impl SuiteItem {
     pub fn continuations(&self) -> Vec<String> {
         self.choices.iter().map(|c| format!("{}{}", self.target_delimiter, c)).collect()
     }
+
+    /// lm-eval's predictions from the summed log-likelihood of each continuation, given in the
+    /// order of `choices`: `(acc, acc_norm)` indices. `acc` is the argmax of the log-likelihoods;
+    /// `acc_norm` the argmax of each log-likelihood divided by its choice's length in characters
+    /// (Python `len(choice)`, the choice text without the delimiter). Ties go to the first index
+    /// (numpy `argmax`). `None` when the number of scores is not the number of choices.
+    pub fn loglikelihood_predictions(&self, logprobs: &[f64]) -> Option<(usize, usize)> {
+        if logprobs.len() != self.choices.len() {
+            return None;
+        }
+        let normalised: Vec<f64> = logprobs
+            .iter()
+            .zip(&self.choices)
+            .map(|(ll, c)| ll / c.chars().count() as f64)
+            .collect();
+        Some((argmax_first(logprobs)?, argmax_first(&normalised)?))
+    }
+}
+
+/// numpy `argmax`: the index of the largest value, the first one on ties; a NaN counts as larger
+/// than every number (numpy returns the first NaN). `None` for an empty slice.
+pub fn argmax_first(values: &[f64]) -> Option<usize> {
+    if let Some(i) = values.iter().position(|v| v.is_nan()) {
+        return Some(i);
+    }
+    let mut best: Option<usize> = None;
+    for (i, v) in values.iter().enumerate() {
+        if best.is_none_or(|b| *v > values[b]) {
+            best = Some(i);
+        }
+    }
+    best
 }
 
 /// What happened to one item.
@@ -142,4 +174,45 @@ pub trait Suite: Send + Sync {
 
     /// Aggregates outcomes into the suite's metrics.
     fn aggregate(&self, outcomes: &[ItemOutcome], mode: ScoringMode) -> SuiteScore;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(choices: &[&str]) -> SuiteItem {
+        SuiteItem {
+            suite: "t".into(),
+            doc_id: "test/0".into(),
+            subject: None,
+            context: "Question: q\nAnswer:".into(),
+            question: "Question: q\nAnswer:".into(),
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+            target_delimiter: " ".into(),
+            gold: Some(0),
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_values_and_nan_wins() {
+        assert_eq!(argmax_first(&[-2.0, -1.0, -1.0]), Some(1));
+        assert_eq!(argmax_first(&[-1.0, -3.0, -1.0]), Some(0));
+        assert_eq!(argmax_first(&[-1.0, f64::NAN, 0.0, f64::NAN]), Some(1));
+        assert_eq!(
+            argmax_first(&[f64::NEG_INFINITY, f64::NEG_INFINITY]),
+            Some(0)
+        );
+        assert_eq!(argmax_first(&[]), None);
+    }
+
+    #[test]
+    fn acc_norm_divides_by_characters_not_bytes() {
+        let it = item(&["ééé", "abcd"]);
+        // by chars: -3.3/3 = -1.1, -4.0/4 = -1.0 -> 1; by bytes: -3.3/6 = -0.55 -> 0
+        assert_eq!(it.loglikelihood_predictions(&[-3.3, -4.0]), Some((0, 1)));
+        // Longer choices win acc_norm with the same total.
+        let it = item(&["a", "abcdef"]);
+        assert_eq!(it.loglikelihood_predictions(&[-2.0, -2.0]), Some((0, 1)));
+        assert_eq!(it.loglikelihood_predictions(&[-2.0]), None);
+    }
 }

@@ -1,9 +1,27 @@
 //! epi-bench benchmark suites: MMLU, ARC-Challenge, HellaSwag (exactly as lm-evaluation-harness) and prompt files.
+//!
+//! Each registry key has its own module ([`arc_challenge`]). The shared machinery reproduces
+//! lm-eval bit for bit: CPython's `random.Random` ([`pyrandom`]), the few-shot selection
+//! ([`fewshot`]), Python string methods ([`pystr`]), prompt assembly and scoring ([`mc`]); [`data`]
+//! finds and reads the data files.
 #![deny(missing_docs)]
+
+pub mod arc_challenge;
+pub mod data;
+pub mod fewshot;
+pub mod mc;
+pub mod pyrandom;
+pub mod pystr;
 
 /// Forces this crate's plugin registrations into a binary that links it (linkers drop archive
 /// members nothing refers to, and `inventory` registrations are referred to by nothing).
 #[inline(never)]
 pub fn link() {
     std::hint::black_box(module_path!());
+}
+
+/// The repository's test data directory (ARC-Challenge in full, MMLU dev and two test subjects).
+#[cfg(test)]
+pub(crate) fn testdata() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }

@@ -1,0 +1,435 @@
+//! `arc-challenge`: AI2 Reasoning Challenge, Challenge set — lm-eval's `arc_challenge` task
+//! (`lm-eval-tasks.md` §3.1): 1172 test questions, 25 examples drawn from the 1119 train questions,
+//! `Question: {question}\nAnswer:` and each choice's text as continuation; `acc` and `acc_norm`.
+
+use crate::data::{self, describe, parquet_shards, read_jsonl, read_parquet_shards, search_dirs};
+use crate::fewshot::{plan, FewshotSelection, PlanInput, Sampler};
+use crate::mc::{self, render_context, McDoc, TARGET_DELIMITER};
+use epi_framework::backend::ScoringMode;
+use epi_framework::error::{InputError, Location};
+use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_framework::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
+use epi_framework::Error;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Registry key.
+pub const KEY: &str = "arc-challenge";
+
+/// Examples per question by default (Open LLM Leaderboard v1).
+pub const DEFAULT_SHOTS: usize = 25;
+
+/// Directory under the data directory.
+pub const SUBDIR: &str = "arc_challenge";
+
+/// Settings of `[suite.arc-challenge]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArcConfig {
+    /// Data directory (the suite looks in `<data_dir>/arc_challenge`, then `<data_dir>`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Evaluate only the first N test questions (of the run order).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Examples per question (default 25).
+    #[serde(default)]
+    pub shots: Option<usize>,
+    /// Few-shot selection: `lm-eval` (default) or `leaderboard-v1`.
+    #[serde(default)]
+    pub fewshot: FewshotSelection,
+}
+
+/// The ARC-Challenge suite.
+#[derive(Debug)]
+pub struct ArcChallenge {
+    config: ArcConfig,
+    loaded: OnceLock<ArcData>,
+}
+
+/// The train and test splits, rendered.
+#[derive(Debug, Clone)]
+pub struct ArcData {
+    /// The few-shot pool (train), in file order.
+    pub train: Vec<McDoc>,
+    /// The evaluated split (test), in file order.
+    pub test: Vec<McDoc>,
+    /// Which files were read.
+    pub source: String,
+}
+
+/// An original ARC JSONL record.
+#[derive(Debug, Deserialize)]
+struct RawArc {
+    question: RawQuestion,
+    #[serde(rename = "answerKey")]
+    answer_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawQuestion {
+    stem: String,
+    choices: Vec<RawChoice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawChoice {
+    text: String,
+    label: String,
+}
+
+/// A row of the Hugging Face `allenai/ai2_arc` parquet export.
+#[derive(Debug, Deserialize)]
+struct HfArc {
+    question: String,
+    choices: HfChoices,
+    #[serde(rename = "answerKey")]
+    answer_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct HfChoices {
+    text: Vec<String>,
+    label: Vec<String>,
+}
+
+/// lm-eval's rendering: `doc_to_text`, `doc_to_choice`, and the gold index
+/// `choices.label.index(answerKey)`.
+fn to_doc(
+    question: &str,
+    texts: Vec<String>,
+    labels: &[String],
+    answer_key: &str,
+    at: Location,
+) -> Result<McDoc, SuiteError> {
+    if texts.len() != labels.len() {
+        return Err(InputError::new(
+            at.field("choices"),
+            format!("{} choice texts but {} labels", texts.len(), labels.len()),
+        )
+        .into());
+    }
+    let gold = labels.iter().position(|l| l == answer_key).ok_or_else(|| {
+        InputError::new(
+            at.clone().field("answerKey"),
+            format!("`{answer_key}` is not one of the choice labels {labels:?}"),
+        )
+    })?;
+    Ok(McDoc {
+        text: format!("Question: {question}\nAnswer:"),
+        choices: texts,
+        gold,
+    })
+}
+
+/// Where one split of ARC can be.
+enum SplitSource {
+    Jsonl(PathBuf),
+    Parquet(Vec<PathBuf>),
+}
+
+fn read_split(source: &SplitSource) -> Result<Vec<McDoc>, SuiteError> {
+    match source {
+        SplitSource::Jsonl(path) => read_jsonl::<RawArc>(KEY, path)?
+            .into_iter()
+            .map(|(line, r)| {
+                let labels: Vec<String> =
+                    r.question.choices.iter().map(|c| c.label.clone()).collect();
+                let texts: Vec<String> = r.question.choices.into_iter().map(|c| c.text).collect();
+                to_doc(
+                    &r.question.stem,
+                    texts,
+                    &labels,
+                    &r.answer_key,
+                    Location::file(path).at_line(line),
+                )
+            })
+            .collect(),
+        SplitSource::Parquet(paths) => {
+            let rows = read_parquet_shards::<HfArc>(KEY, paths)?;
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let at = Location::file(&paths[0]).field(format!("row {i}"));
+                    to_doc(
+                        &r.question,
+                        r.choices.text,
+                        &r.choices.label,
+                        &r.answer_key,
+                        at,
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+/// Finds the train and test files: the original `ARC-Challenge-{Train,Test}.jsonl`, or the
+/// Hugging Face export `ARC-Challenge/{train,test}-*.parquet`.
+pub fn locate(data_dir: Option<&Path>) -> Result<(SplitPair, String), SuiteError> {
+    let mut tried = Vec::new();
+    for dir in search_dirs(data_dir, SUBDIR) {
+        for d in [dir.clone(), dir.join("ARC-Challenge")] {
+            let train = d.join("ARC-Challenge-Train.jsonl");
+            let test = d.join("ARC-Challenge-Test.jsonl");
+            if train.is_file() && test.is_file() {
+                let desc = format!(
+                    "original ARC JSONL: {} and {}",
+                    train.display(),
+                    test.display()
+                );
+                return Ok((
+                    SplitPair {
+                        train: SplitSource::Jsonl(train),
+                        test: SplitSource::Jsonl(test),
+                    },
+                    desc,
+                ));
+            }
+            tried.push(describe(
+                &d.join("ARC-Challenge-{Train,Test}.jsonl"),
+                "original AI2 release",
+            ));
+        }
+        for d in [dir.join("ARC-Challenge"), dir.clone()] {
+            let train = parquet_shards(&d, "train");
+            let test = parquet_shards(&d, "test");
+            if !train.is_empty() && !test.is_empty() {
+                let desc = format!("Hugging Face allenai/ai2_arc parquet: {}", d.display());
+                return Ok((
+                    SplitPair {
+                        train: SplitSource::Parquet(train),
+                        test: SplitSource::Parquet(test),
+                    },
+                    desc,
+                ));
+            }
+            tried.push(describe(
+                &d.join("{train,test}-*.parquet"),
+                "Hugging Face allenai/ai2_arc",
+            ));
+        }
+    }
+    Err(data::missing(KEY, &tried, data_dir))
+}
+
+/// The located train and test files.
+pub struct SplitPair {
+    train: SplitSource,
+    test: SplitSource,
+}
+
+/// Loads and renders both splits from the data directory.
+pub fn load(data_dir: Option<&Path>) -> Result<ArcData, SuiteError> {
+    let (pair, source) = locate(data_dir)?;
+    Ok(ArcData {
+        train: read_split(&pair.train)?,
+        test: read_split(&pair.test)?,
+        source,
+    })
+}
+
+impl ArcChallenge {
+    /// A suite with these settings (no I/O).
+    pub fn new(config: ArcConfig) -> ArcChallenge {
+        ArcChallenge {
+            config,
+            loaded: OnceLock::new(),
+        }
+    }
+
+    fn shots(&self) -> usize {
+        self.config.shots.unwrap_or(DEFAULT_SHOTS)
+    }
+
+    fn data(&self) -> Result<&ArcData, SuiteError> {
+        if let Some(d) = self.loaded.get() {
+            return Ok(d);
+        }
+        let d = load(self.config.data_dir.as_deref())?;
+        Ok(self.loaded.get_or_init(|| d))
+    }
+}
+
+impl Suite for ArcChallenge {
+    fn info(&self) -> SuiteInfo {
+        let source = match self.loaded.get() {
+            Some(d) => d.source.clone(),
+            None => "allenai/ai2_arc ARC-Challenge (not loaded yet)".to_string(),
+        };
+        SuiteInfo {
+            key: KEY.to_string(),
+            benchmark_key: format!("arc_challenge_{}shot", self.shots()),
+            shots: self.shots(),
+            has_accuracy: true,
+            data: format!(
+                "ARC-Challenge test split, {}-shot from train, few-shot selection {}; {source}",
+                self.shots(),
+                self.config.fewshot.as_str()
+            ),
+        }
+    }
+
+    fn items(&self) -> Result<Vec<SuiteItem>, SuiteError> {
+        let data = self.data()?;
+        let planned = plan(
+            self.config.fewshot,
+            Sampler::Random {
+                lm_eval_draws_extra: false,
+            },
+            PlanInput {
+                n_docs: data.test.len(),
+                n_pool: data.train.len(),
+                shots: self.shots(),
+                limit: self.config.limit,
+            },
+            |_, _| false,
+        )
+        .map_err(|e| SuiteError::Other {
+            suite: KEY.to_string(),
+            message: format!("few-shot sampling: {e}"),
+        })?;
+        Ok(planned
+            .into_iter()
+            .map(|p| {
+                let doc = &data.test[p.doc];
+                SuiteItem {
+                    suite: KEY.to_string(),
+                    doc_id: format!("test/{}", p.doc),
+                    subject: None,
+                    context: render_context("", p.shots.iter().map(|&i| &data.train[i]), doc),
+                    question: doc.text.clone(),
+                    choices: doc.choices.clone(),
+                    target_delimiter: TARGET_DELIMITER.to_string(),
+                    gold: Some(doc.gold),
+                }
+            })
+            .collect())
+    }
+
+    fn aggregate(&self, outcomes: &[ItemOutcome], mode: ScoringMode) -> SuiteScore {
+        let (n_failed, n_unparseable) = mc::count_problems(outcomes);
+        let (metrics, headline) = mc::acc_and_norm(outcomes, mode);
+        let info = self.info();
+        SuiteScore {
+            suite: KEY.to_string(),
+            benchmark_key: info.benchmark_key,
+            mode,
+            n_items: outcomes.len(),
+            n_failed,
+            n_unparseable,
+            metrics,
+            headline,
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
+    Ok(Box::new(ArcChallenge::new(parse_config::<ArcConfig>(
+        KEY, config,
+    )?)))
+}
+
+epi_framework::inventory::submit! {
+    PluginRegistration {
+        key: KEY,
+        description: "ARC-Challenge, 25-shot, acc/acc_norm exactly as lm-evaluation-harness (headline acc_norm)",
+        factory: Factory::Suite(build),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use epi_framework::registry::Registry;
+    use sha2::{Digest, Sha256};
+
+    fn sha256(s: &str) -> String {
+        Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn suite(extra: serde_json::Value) -> Box<dyn Suite> {
+        let mut cfg = serde_json::json!({ "data_dir": crate::testdata() });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        Registry::builtin().suite(KEY, &cfg).unwrap()
+    }
+
+    #[test]
+    fn contexts_match_lm_eval_test_vectors() {
+        // lm-eval-tasks.md §3.4: real lm_eval 0.4.13 on the same files.
+        let items = suite(serde_json::json!({ "limit": 2 })).items().unwrap();
+        assert_eq!(items.len(), 2);
+        let (a, b) = (&items[0], &items[1]);
+        assert_eq!(a.context.chars().count(), 3965);
+        assert_eq!(
+            sha256(&a.context),
+            "ec6e8357b5b148ecbdbd55332fae25de39b99b22e3ae31987d623090ba6dc8d3"
+        );
+        assert!(a.context.starts_with(
+            "Question: What is the first step of the process in the formation of sedimentary rocks?\nAnswer: erosion\n\nQuestion: "
+        ));
+        assert!(a
+            .context
+            .ends_with("Which is the most likely effect of this increase in rotation?\nAnswer:"));
+        assert_eq!(a.continuations()[0], " Planetary density will decrease.");
+        assert_eq!(a.gold, Some(2));
+        assert_eq!(a.doc_id, "test/0");
+        assert_eq!(b.context.chars().count(), 5069);
+        assert_eq!(
+            sha256(&b.context),
+            "14f43fc72d8bad730dfd4b28ce6f7de8a15bcd580785a61333898aaf9e126adc"
+        );
+        assert_eq!(b.gold, Some(1));
+    }
+
+    #[test]
+    fn full_test_split_and_numeric_labels() {
+        let items = suite(serde_json::json!({ "shots": 0 })).items().unwrap();
+        assert_eq!(items.len(), 1172);
+        // lm-eval-tasks.md §3.1: 1165 four-choice, 4 three-choice, 3 five-choice = 4687 requests.
+        let n: usize = items.iter().map(|i| i.choices.len()).sum();
+        assert_eq!(n, 4687);
+        assert_eq!(items.iter().filter(|i| i.choices.len() == 5).count(), 3);
+        assert!(items
+            .iter()
+            .all(|i| i.context == i.question && i.gold.is_some_and(|g| g < i.choices.len())));
+    }
+
+    #[test]
+    fn benchmark_key_follows_the_shot_count() {
+        assert_eq!(
+            suite(serde_json::json!({})).info().benchmark_key,
+            "arc_challenge_25shot"
+        );
+        assert_eq!(
+            suite(serde_json::json!({ "shots": 5 }))
+                .info()
+                .benchmark_key,
+            "arc_challenge_5shot"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Registry::builtin()
+            .suite(KEY, &serde_json::json!({ "shot": 5 }))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown field `shot`"), "{e}");
+        let e = Registry::builtin()
+            .suite(KEY, &serde_json::json!({ "fewshot": "v1" }))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("lm-eval") && e.contains("leaderboard-v1"), "{e}");
+    }
+}

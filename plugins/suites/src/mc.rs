@@ -1,0 +1,150 @@
+//! What the multiple-choice suites share: the rendered document, lm-eval's prompt assembly, and
+//! the scoring of outcomes.
+
+use epi_framework::backend::ScoringMode;
+use epi_framework::metrics::bootstrap_mean_ci95;
+use epi_framework::suite::{ItemOutcome, MetricValue};
+
+/// lm-eval's `target_delimiter`: put between the context and each choice.
+pub const TARGET_DELIMITER: &str = " ";
+
+/// lm-eval's `fewshot_delimiter`: put after each few-shot example.
+pub const FEWSHOT_DELIMITER: &str = "\n\n";
+
+/// Bootstrap resamples per interval.
+pub const BOOTSTRAP_ITERATIONS: usize = 10_000;
+
+/// Bootstrap seed (fixed, so the same outcomes give the same interval).
+pub const BOOTSTRAP_SEED: u64 = 1234;
+
+/// A document as the task template renders it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McDoc {
+    /// `doc_to_text`.
+    pub text: String,
+    /// `doc_to_choice`.
+    pub choices: Vec<String>,
+    /// `doc_to_target`: the index of the correct choice.
+    pub gold: usize,
+}
+
+impl McDoc {
+    /// The correct choice's text (what a few-shot example shows after the delimiter).
+    pub fn target(&self) -> &str {
+        self.choices
+            .get(self.gold)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// lm-eval's plain-text context: the description, then for each example
+/// `text + " " + target + "\n\n"`, then the document's text.
+pub fn render_context<'a>(
+    description: &str,
+    shots: impl IntoIterator<Item = &'a McDoc>,
+    doc: &McDoc,
+) -> String {
+    let mut out = String::from(description);
+    for s in shots {
+        out.push_str(&s.text);
+        out.push_str(TARGET_DELIMITER);
+        out.push_str(s.target());
+        out.push_str(FEWSHOT_DELIMITER);
+    }
+    out.push_str(&doc.text);
+    out
+}
+
+/// How many outcomes failed and how many were unparseable.
+pub fn count_problems(outcomes: &[ItemOutcome]) -> (usize, usize) {
+    (
+        outcomes.iter().filter(|o| o.failed).count(),
+        outcomes.iter().filter(|o| o.unparseable).count(),
+    )
+}
+
+/// 1 when the outcome's prediction (`acc`) or normalised prediction (`acc_norm`) is the gold
+/// answer, else 0. Failed and unparseable items, and items without a gold answer, are wrong.
+pub fn correct(o: &ItemOutcome, normalised: bool) -> f64 {
+    if o.failed || o.unparseable {
+        return 0.0;
+    }
+    let p = if normalised {
+        o.prediction_norm
+    } else {
+        o.prediction
+    };
+    match (p, o.gold) {
+        (Some(p), Some(g)) if p == g => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// The mean of `values` with its 95 % bootstrap interval; `None` for no values.
+pub fn mean_metric(values: &[f64], label: String) -> Option<MetricValue> {
+    if values.is_empty() {
+        return None;
+    }
+    let value = values.iter().sum::<f64>() / values.len() as f64;
+    let ci95 = bootstrap_mean_ci95(values, BOOTSTRAP_ITERATIONS, BOOTSTRAP_SEED);
+    Some(MetricValue { value, ci95, label })
+}
+
+/// The names and labels of `acc` and, in log-likelihood mode, `acc_norm` for a suite whose
+/// Leaderboard v1 metric is `acc_norm` (ARC, HellaSwag), and the headline metric.
+pub fn acc_and_norm(
+    outcomes: &[ItemOutcome],
+    mode: ScoringMode,
+) -> (std::collections::BTreeMap<String, MetricValue>, String) {
+    let mut metrics = std::collections::BTreeMap::new();
+    let acc: Vec<f64> = outcomes.iter().map(|o| correct(o, false)).collect();
+    let acc_label = match mode {
+        ScoringMode::Loglikelihood => "accuracy: argmax of summed log-likelihood (lm-eval acc)",
+        ScoringMode::Generative => {
+            "accuracy of generated letter answers (generative; not comparable with lm-eval)"
+        }
+    };
+    if let Some(m) = mean_metric(&acc, acc_label.to_string()) {
+        metrics.insert("acc".to_string(), m);
+    }
+    let headline = match mode {
+        ScoringMode::Loglikelihood => {
+            let norm: Vec<f64> = outcomes.iter().map(|o| correct(o, true)).collect();
+            if let Some(m) = mean_metric(
+                &norm,
+                "accuracy: argmax of log-likelihood per character (lm-eval acc_norm; Open LLM Leaderboard v1)"
+                    .to_string(),
+            ) {
+                metrics.insert("acc_norm".to_string(), m);
+            }
+            "acc_norm"
+        }
+        ScoringMode::Generative => "acc",
+    };
+    (metrics, headline.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_description_examples_then_question() {
+        let shot = McDoc {
+            text: "Q1\nAnswer:".into(),
+            choices: vec!["x".into(), "y".into()],
+            gold: 1,
+        };
+        let doc = McDoc {
+            text: "Q2\nAnswer:".into(),
+            choices: vec!["a".into()],
+            gold: 0,
+        };
+        assert_eq!(
+            render_context("D\n\n", [&shot, &shot], &doc),
+            "D\n\nQ1\nAnswer: y\n\nQ1\nAnswer: y\n\nQ2\nAnswer:"
+        );
+        assert_eq!(render_context("", [], &doc), "Q2\nAnswer:");
+    }
+}
