@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod epi_meter;
+pub mod nvml;
 pub mod rapl;
 mod host_time;
 
