@@ -402,3 +402,20 @@ mod tests {
         assert_eq!(parse_u32(b"1.0"), None);
     }
 }
+
+/// The last line of a file that does not end in a newline may have been cut mid-write: it is
+/// accepted only if every field is present and non-empty (a recorder always ends its lines, so an
+/// empty "not measured" field on an unterminated last line means the file was truncated).
+pub fn check_unterminated_last_line(header: &Header, line: &[u8]) -> Result<(), RowError> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for (i, field) in line.split(|&b| b == b',').enumerate() {
+        if field.is_empty() {
+            let name = header.names.get(i).cloned().unwrap_or_else(|| "row".into());
+            return Err(RowError {
+                field: name,
+                message: "empty field on the last line, which has no newline: is the file truncated?".into(),
+            });
+        }
+    }
+    Ok(())
+}

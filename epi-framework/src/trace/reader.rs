@@ -45,13 +45,19 @@ impl TraceReader {
             }
             self.line_no += 1;
             let mut line: &[u8] = &self.buf;
-            if line.last() == Some(&b'\n') {
+            let terminated = line.last() == Some(&b'\n');
+            if terminated {
                 line = &line[..line.len() - 1];
             }
             if line.is_empty() || line == b"\r" {
                 continue;
             }
-            return match parse_row(&self.header, line) {
+            let parsed = if terminated {
+                parse_row(&self.header, line)
+            } else {
+                super::parse::check_unterminated_last_line(&self.header, line).and_then(|_| parse_row(&self.header, line))
+            };
+            return match parsed {
                 Ok(row) => Ok(Some((self.line_no, row))),
                 Err(e) => Err(Error::Input(InputError::new(
                     Location::file(&self.path).at_line(self.line_no).field(e.field),

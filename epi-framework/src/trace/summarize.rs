@@ -344,7 +344,12 @@ fn parse_block(file: &File, header: &Header, index: usize, start: u64, end: u64,
             b.blanks.push(line_idx);
             continue;
         }
-        match parse_row(header, line) {
+        let parsed = if nl == buf.len() && buf.last() != Some(&b'\n') {
+            super::parse::check_unterminated_last_line(header, line).and_then(|_| parse_row(header, line))
+        } else {
+            parse_row(header, line)
+        };
+        match parsed {
             Ok(r) => b.rows.push(Rec { t: r.t_ms, w: r.watts, e: r.energy_j.unwrap_or(f64::NAN), node: r.node }),
             Err(e) => {
                 b.error = Some((line_idx, e));
