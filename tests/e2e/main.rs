@@ -2,3 +2,5 @@
 //! a real pseudo-terminal and real SQLite databases.
 
 mod support;
+mod calculate;
+mod validate;
