@@ -1,6 +1,7 @@
 //! epi-bench power sources: epi-meter UART, Orchestrator SQLite over SSH, RAPL, NVML, CSV replay.
 #![deny(missing_docs)]
 
+pub mod csv;
 pub mod epi_meter;
 pub mod nvml;
 pub mod rapl;
