@@ -4,3 +4,4 @@
 mod support;
 mod calculate;
 mod validate;
+mod schemas;

@@ -1,0 +1,163 @@
+//! Benchmark of `epi calculate` against the pandas reference (`reference/pandas_epi_reference.py`)
+//! on the same trace, in one invocation.
+//!
+//! ```text
+//! cargo bench -p epi-cli --bench calculate            # ~1 GB trace (gen_trace.py --target-mb 1024)
+//! cargo bench -p epi-cli --bench calculate -- --quick # 64 MB trace
+//! ```
+//!
+//! Reports wall-clock time (median of runs, page cache warm for both), peak resident memory of each
+//! process (`wait4` rusage), the speed ratio, and checks that both computed the same energy to 1e-9
+//! relative. Targets: ≥ 20× faster than pandas, < 64 MiB peak memory whatever the trace size.
+//! Traces are generated once into `target/bench-data/` (needs python3 with numpy and pandas).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench targets without `--bench`: nothing to do then.
+        println!("calculate bench: run with `cargo bench -p epi-cli --bench calculate [-- --quick]`");
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = if quick { 3 } else { 3 };
+    let sizes: Vec<u64> = if quick { vec![64] } else { vec![64, 1024] };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let refdir = root.join("epi-cli/benches/reference");
+    let data = root.join("target/bench-data");
+    std::fs::create_dir_all(&data).expect("create target/bench-data");
+    let bench_json = data.join("benchmark_sample.json");
+    std::fs::write(&bench_json, BENCHMARK_SAMPLE).expect("write benchmark json");
+    let epi = PathBuf::from(env!("CARGO_BIN_EXE_epi"));
+
+    println!("epi calculate vs pandas reference ({runs} runs each, median; page cache warm)\n");
+    let mut rows = Vec::new();
+    for mb in sizes {
+        let trace = data.join(format!("trace_{mb}mb.csv"));
+        if !trace.exists() {
+            println!("generating {} with gen_trace.py --target-mb {mb} ...", trace.display());
+            let st = Command::new("python3")
+                .arg(refdir.join("gen_trace.py"))
+                .arg(&trace)
+                .args(["--nodes", "4", "--hz", "50", "--target-mb", &mb.to_string()])
+                .status()
+                .expect("python3");
+            assert!(st.success(), "gen_trace.py failed");
+        }
+        let bytes = std::fs::metadata(&trace).expect("trace").len();
+        warm(&trace);
+        let mut epi_runs = Vec::new();
+        let mut pd_runs = Vec::new();
+        let mut epi_out = String::new();
+        let mut pd_out = String::new();
+        for _ in 0..runs {
+            let (t, rss, out) = run_measured(
+                Command::new(&epi)
+                    .args(["calculate", "--json", "--trace"])
+                    .arg(&trace)
+                    .arg("--benchmark")
+                    .arg(&bench_json)
+                    .env("NO_COLOR", "1"),
+            );
+            epi_runs.push((t, rss));
+            epi_out = out;
+            let (t, rss, out) = run_measured(
+                Command::new("python3").arg(refdir.join("pandas_epi_reference.py")).arg(&trace).arg(&bench_json),
+            );
+            pd_runs.push((t, rss));
+            pd_out = out;
+        }
+        let e: serde_json::Value = serde_json::from_str(&epi_out).expect("epi JSON");
+        let p: serde_json::Value = serde_json::from_str(&pd_out).expect("pandas JSON");
+        let ej = e["energy"]["total_joules"].as_f64().expect("energy");
+        let pj = p["total_joules"].as_f64().expect("energy");
+        let rel = ((ej - pj) / pj).abs();
+        let epi_rel = ((e["epi"].as_f64().unwrap_or(f64::NAN) - p["epi"].as_f64().unwrap_or(f64::NAN))
+            / p["epi"].as_f64().unwrap_or(f64::NAN))
+        .abs();
+        let peak_same = e["energy"]["peak_watts"] == p["peak_watts"];
+        let (et, erss) = median(&epi_runs);
+        let (pt, prss) = median(&pd_runs);
+        rows.push((mb, bytes, et, erss, pt, prss, rel, epi_rel, peak_same));
+    }
+    println!(
+        "{:>9} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "trace", "rows", "epi s", "epi MiB", "pandas s", "pandas MiB", "speedup", "ΔE rel", "ΔEPI rel"
+    );
+    let mut ok = true;
+    for (mb, bytes, et, erss, pt, prss, rel, epi_rel, peak_same) in &rows {
+        let speed = pt / et;
+        println!(
+            "{:>7}MB {:>12} {:>10.3} {:>10.1} {:>10.3} {:>10.1} {:>7.1}× {:>10.1e} {:>10.1e}{}",
+            mb,
+            bytes / 42,
+            et,
+            *erss as f64 / 1024.0,
+            pt,
+            *prss as f64 / 1024.0,
+            speed,
+            rel,
+            epi_rel,
+            if *peak_same { "" } else { "  (peak differs)" }
+        );
+        ok &= *rel <= 1e-9 && *epi_rel <= 1e-9 && (*erss as f64 / 1024.0) < 64.0 && *peak_same;
+        if *mb >= 1024 {
+            ok &= speed >= 20.0;
+        }
+    }
+    println!("\n(rows column: bytes / 42, the generator's estimate)");
+    println!("targets: ≥ 20× pandas on ~1 GB, < 64 MiB peak RSS, energy and EPI equal to 1e-9: {}", if ok { "MET" } else { "NOT MET" });
+}
+
+/// Reads the file once so both programs start from a warm page cache.
+fn warm(p: &Path) {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).expect("open trace");
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf).expect("read") > 0 {}
+}
+
+/// Runs a command; returns (wall seconds, peak RSS KiB, stdout).
+fn run_measured(cmd: &mut Command) -> (f64, i64, String) {
+    use std::io::Read;
+    let start = Instant::now();
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("spawn");
+    let mut out = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(r, pid, "wait4");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "command failed: {cmd:?}");
+    (secs, ru.ru_maxrss, out)
+}
+
+fn median(v: &[(f64, i64)]) -> (f64, i64) {
+    let mut t: Vec<f64> = v.iter().map(|x| x.0).collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    let rss = v.iter().map(|x| x.1).max().unwrap_or(0);
+    (t[t.len() / 2], rss)
+}
+
+const BENCHMARK_SAMPLE: &str = r#"{
+  "model": "qwen3-30b-a3b",
+  "quantization": "Q4_K_M",
+  "surgery": "none (baseline)",
+  "benchmarks": {
+    "mmlu_5shot": 0.781,
+    "arc_challenge_25shot": 0.642,
+    "hellaswag_10shot": 0.805
+  },
+  "total_tokens": 1843200,
+  "duration_seconds": 3600.0,
+  "timestamp_utc": "2026-05-15T10:00:00Z",
+  "hardware": "4x Pi 5 16GB (distributed-llama)",
+  "inference_engine": "distributed-llama",
+  "inference_engine_version": "0.16.4"
+}
+"#;
