@@ -161,6 +161,9 @@ pub struct LoglikelihoodResponse {
     pub requests: u32,
     /// Seconds from first request to last reply.
     pub latency_s: f64,
+    /// Prompt tokens served from the server's prefix cache over all requests, when it says.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
 }
 
 /// Why a backend call failed.

@@ -20,6 +20,7 @@ pub mod benchmark;
 pub mod calculator;
 pub mod energy;
 pub mod error;
+pub mod eval;
 pub mod jsonio;
 pub mod metrics;
 pub mod plot;

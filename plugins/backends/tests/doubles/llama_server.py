@@ -1,0 +1,686 @@
+#!/usr/bin/env python3
+"""Test double of llama.cpp's `llama-server`, replaying the recordings in ../fixtures/llama-server.
+
+What is RECORDED (served byte for byte, headers included, from the .http files):
+  GET /health, GET /v1/models (and /models), GET /props; POST /tokenize of the recorded text (with
+  pieces) and of the text + " Paris" (ids); POST /v1/completions of the recorded prompt with 8 tokens,
+  with `logprobs: 5`, with `stream: true`; the recorded `echo: true, logprobs: 1, max_tokens: 1`
+  request on prompt + " Paris" (echo silently ignored: one generated token's log-probability only);
+  POST /completion of the recorded prompt with `n_predict: 1, n_probs: 20` and with `n_predict: 0`.
+  The recorded prompt is recognised whether sent as text or as the recorded token ids.
+
+What is SYNTHESISED (same headers, same JSON shapes and key order as the recordings; values made up
+but deterministic):
+  - a tokenizer: GPT-2-style pre-tokenisation; pieces seen in the recordings keep their recorded ids
+    (it reproduces tokenize.http exactly), other pieces get ids from a hash;
+  - a "model": for a token prefix, log-probabilities over the 49152-token vocabulary are a log-softmax
+    of hashed logits plus a bonus for tokens in the prompt and a larger one for tokens that followed
+    the last token earlier in the prompt (so few-shot answer letters rank high). For the two prefixes
+    the recordings show top log-probabilities for, those recorded values are pinned at the top and the
+    rest of the mass is spread evenly;
+  - greedy generation from that model for any other prompt, `n_probs` top-N lists, `logprobs.content`,
+    streaming events, `usage`, `timings` (cache_n from a simulated per-slot prefix cache, like
+    llama-server: a fully cached prompt still evaluates its last token);
+  - a 400 `invalid_request_error` with `Connection: close` for a body that is not JSON (the message
+    imitates the recorded nlohmann one with Python's position), 404 for other routes.
+
+Options: --port (0 = any; the chosen port is printed as `listening on 127.0.0.1:PORT`), --log FILE
+(one JSON line per request: method, path, raw header names and values, body), --echo ignore|reject
+(`reject` imitates older builds: HTTP 400 "Only no echo is supported"), --add-bos (a model whose
+tokenizer adds BOS with add_special), --flavour vllm (vLLM's documented interface instead: /version,
+/tokenize with `prompt`/`add_special_tokens`, `echo` honoured with the legacy `tokens`/`token_logprobs`
+shape, no /props or /completion; synthesised from vLLM's source, not recorded).
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import socket
+import socketserver
+import sys
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "..", "fixtures", "llama-server")
+V = 49152
+EOS = 2
+BOS = 1
+RECORDED_TEXT = "Question: What is the capital of France?\nAnswer:"
+MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_http(name):
+    with open(os.path.join(FIXTURES, name), "rb") as f:
+        raw = f.read()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    headers = [tuple(l.split(b": ", 1)) if b": " in l else (l.rstrip(b":"), b"") for l in lines[1:]]
+    return lines[0], headers, body
+
+
+REC = {n[:-5]: load_http(n) for n in os.listdir(FIXTURES) if n.endswith(".http")}
+
+# Pieces and ids seen in the recordings.
+KNOWN = {"": EOS}
+for t in json.loads(REC["tokenize"][2])["tokens"]:
+    KNOWN[t["piece"]] = t["id"]
+KNOWN[" Paris"] = 7042
+_nprobs = json.loads(REC["completion_n_probs"][2])
+for e in _nprobs["completion_probabilities"][0]["top_logprobs"]:
+    KNOWN.setdefault(e["token"], e["id"])
+_echo = json.loads(REC["v1_completions_echo"][2])
+for e in _echo["choices"][0]["logprobs"]["content"]:
+    KNOWN.setdefault(e["token"], e["id"])
+ID2PIECE = {v: k for k, v in KNOWN.items()}
+ID2PIECE[BOS] = "<|im_start|>"
+RECORDED_IDS = [t["id"] for t in json.loads(REC["tokenize"][2])["tokens"]]
+RECORDED_IDS_PARIS = json.loads(REC["tokenize_with_continuation"][2])["tokens"]
+PINNED = {
+    tuple(RECORDED_IDS): [(e["id"], e["logprob"]) for e in _nprobs["completion_probabilities"][0]["top_logprobs"]],
+    tuple(RECORDED_IDS_PARIS): [
+        (e["id"], e["logprob"]) for e in _echo["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    ],
+}
+GEN_SETTINGS = _nprobs["generation_settings"]
+PIECE_RE = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d| ?[^\s\w]+| ?_+|\s+(?!\S)|\s+")
+LOCK = threading.Lock()
+
+
+def fnv1a(data, bits=64):
+    if bits == 64:
+        h, prime, mask = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+    else:
+        h, prime, mask = 0x811C9DC5, 0x01000193, (1 << 32) - 1
+    for b in data:
+        h = ((h ^ b) * prime) & mask
+    return h
+
+
+def piece_id(p):
+    if p in KNOWN:
+        return KNOWN[p]
+    i = 100 + fnv1a(p.encode("utf-8"), 32) % (V - 100)
+    with LOCK:
+        ID2PIECE.setdefault(i, p)
+    return i
+
+
+def tokenize(text, add_bos=False):
+    pieces = PIECE_RE.findall(text)
+    if "".join(pieces) != text:  # never expected; keep the double total
+        pieces = list(text)
+    ids = [piece_id(p) for p in pieces]
+    return ([BOS] if add_bos else []) + ids, pieces
+
+
+def detokenize(ids):
+    return "".join(ID2PIECE.get(i, "<t%d>" % i) for i in ids if i != BOS)
+
+
+def logprobs_after(prefix):
+    """Log-probabilities of every token after `prefix` (numpy array of V floats)."""
+    pinned = PINNED.get(tuple(prefix))
+    if pinned:
+        mass = sum(math.exp(lp) for _, lp in pinned)
+        arr = np.full(V, math.log((1.0 - mass) / (V - len(pinned))))
+        for i, lp in pinned:
+            arr[i] = lp
+        return arr
+    seed = fnv1a(b"".join(int(t).to_bytes(4, "little") for t in prefix[-16:]))
+    with np.errstate(over="ignore"):
+        x = np.arange(V, dtype=np.uint64) ^ np.uint64(seed)
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    logits = 4.0 * ((x >> np.uint64(11)).astype(np.float64) / float(1 << 53))
+    if prefix:
+        p = np.array(prefix, dtype=np.int64)
+        logits[np.unique(p[p < V])] += 3.0
+        last = prefix[-1]
+        follow = [prefix[i + 1] for i in range(len(prefix) - 1) if prefix[i] == last and prefix[i + 1] < V]
+        if follow:
+            logits[np.unique(np.array(follow, dtype=np.int64))] += 5.0
+    m = logits.max()
+    return logits - (m + math.log(np.exp(logits - m).sum()))
+
+
+def top(arr, n):
+    n = max(0, min(n, V))
+    idx = np.argpartition(-arr, n - 1)[:n] if n > 0 else np.array([], dtype=np.int64)
+    idx = sorted(idx.tolist(), key=lambda i: (-arr[i], i))
+    return [(i, float(arr[i])) for i in idx]
+
+
+def tok_entry(i, lp):
+    piece = ID2PIECE.get(i, "<t%d>" % i) if i != EOS else ""
+    return {"id": i, "token": piece, "bytes": list(piece.encode("utf-8")), "logprob": lp}
+
+
+class Slots:
+    """llama-server's per-slot prompt cache: the longest common prefix is reused, and a fully cached
+    prompt still evaluates its last token."""
+
+    def __init__(self, n):
+        self.slots = [[] for _ in range(n)]
+
+    def use(self, tokens):
+        with LOCK:
+            best, best_len = 0, -1
+            for i, s in enumerate(self.slots):
+                k = 0
+                while k < min(len(s), len(tokens)) and s[k] == tokens[k]:
+                    k += 1
+                if k > best_len:
+                    best, best_len = i, k
+            cache_n = min(best_len, max(len(tokens) - 1, 0))
+            self.slots[best] = list(tokens)
+            return best, cache_n
+
+
+def generate(prompt_ids, n_predict, n_probs, stop):
+    """Greedy generation: [(id, logprob, top list)], text, stop_type."""
+    toks, text, out = list(prompt_ids), "", []
+    stop_type = "limit"
+    for _ in range(max(n_predict, 0)):
+        arr = logprobs_after(toks)
+        best = top(arr, max(n_probs, 1))
+        i, lp = best[0]
+        out.append((i, lp, best[:n_probs] if n_probs > 0 else []))
+        toks.append(i)
+        if i == EOS:
+            stop_type = "eos"
+            break
+        text += ID2PIECE.get(i, "<t%d>" % i)
+        hit = [text.find(s) for s in stop if s and s in text]
+        if hit:
+            text = text[: min(hit)]
+            stop_type = "word"
+            break
+    return out, text, stop_type
+
+
+def timings(cache_n, prompt_n, predicted_n):
+    pms, gms = 18.5 * max(prompt_n, 1), 30.0 * predicted_n
+    return {
+        "cache_n": cache_n,
+        "prompt_n": prompt_n,
+        "prompt_ms": pms,
+        "prompt_per_token_ms": pms / max(prompt_n, 1),
+        "prompt_per_second": 1000.0 * max(prompt_n, 1) / pms,
+        "predicted_n": predicted_n,
+        "predicted_ms": gms if predicted_n else 0.001,
+        "predicted_per_token_ms": (gms / predicted_n) if predicted_n else 0.0,
+        "predicted_per_second": (1000.0 * predicted_n / gms) if predicted_n else 0.0,
+    }
+
+
+def ident(prefix, seed_text):
+    h = fnv1a(seed_text.encode("utf-8"))
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    out = ""
+    for _ in range(32):
+        out += alphabet[h % len(alphabet)]
+        h = (h * 6364136223846793005 + 1442695040888963407) & ((1 << 64) - 1)
+    return prefix + out
+
+
+def dumps(v):
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class HttpError(Exception):
+    def __init__(self, code, message, typ):
+        self.code, self.message, self.typ = code, message, typ
+
+
+class Handler(socketserver.BaseRequestHandler):
+    def setup(self):
+        self.buf = b""
+
+    def read_request(self):
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
+        headers = []
+        for l in lines[1:]:
+            if ":" in l:
+                k, v = l.split(":", 1)
+                headers.append((k, v.strip()))
+        # llama-server (cpp-httplib) reads the length case-insensitively (recorded).
+        length = 0
+        for k, v in headers:
+            if k.lower() == "content-length":
+                length = int(v)
+        while len(self.buf) < length:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return method, path.split("?")[0], headers, body
+
+    def handle(self):
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            try:
+                req = self.read_request()
+            except (ConnectionError, OSError):
+                return
+            if req is None:
+                return
+            method, path, headers, body = req
+            self.server.log(method, path, headers, body)
+            try:
+                keep = self.route(method, path, body)
+            except HttpError as e:
+                self.send_json(
+                    {"error": {"code": e.code, "message": e.message, "type": e.typ}}, e.code, close=True
+                )
+                return
+            except (BrokenPipeError, ConnectionError):
+                return
+            closing = any(k.lower() == "connection" and v.lower() == "close" for k, v in headers)
+            if not keep or closing:
+                return
+
+    # ---- output -------------------------------------------------------------------------------
+    def send_raw(self, name):
+        status, hdrs, body = REC[name]
+        out = status + b"\r\n"
+        chunked = any(k.lower() == b"transfer-encoding" for k, _ in hdrs)
+        for k, v in hdrs:
+            out += k + b": " + v + b"\r\n"
+        out += b"\r\n"
+        if chunked:
+            for ev in body.split(b"\n\n"):
+                if ev.strip():
+                    piece = ev + b"\n\n"
+                    out += b"%x\r\n" % len(piece) + piece + b"\r\n"
+            out += b"0\r\n\r\n"
+        else:
+            out += body
+        self.request.sendall(out)
+        return not any(k == b"Connection" and v == b"close" for k, v in hdrs)
+
+    def send_json(self, obj, code=200, close=False):
+        body = dumps(obj)
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}[code]
+        out = "HTTP/1.1 %d %s\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n" % (code, reason)
+        out += "Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n" % len(body)
+        out += "Connection: close\r\n" if close else "Keep-Alive: timeout=5, max=100\r\n"
+        self.request.sendall(out.encode("latin-1") + b"\r\n" + body)
+        return not close
+
+    def send_stream(self, events):
+        out = (
+            b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\nX-Accel-Buffering: no\r\n"
+            b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5, max=100\r\n\r\n"
+        )
+        self.request.sendall(out)
+        for ev in events:
+            piece = b"data: " + (ev if isinstance(ev, bytes) else dumps(ev)) + b"\n\n"
+            self.request.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        self.request.sendall(b"0\r\n\r\n")
+        return True
+
+    # ---- routes -------------------------------------------------------------------------------
+    def parse(self, body):
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            line, col = getattr(e, "lineno", 1), getattr(e, "colno", 1)
+            raise HttpError(
+                400,
+                "[json.exception.parse_error.101] parse error at line %d, column %d: syntax error while parsing "
+                "value - %s" % (line, col, getattr(e, "msg", str(e))),
+                "invalid_request_error",
+            )
+
+    def route(self, method, path, body):
+        vllm = self.server.flavour == "vllm"
+        if method == "GET":
+            if path == "/health":
+                return self.send_raw("health")
+            if path in ("/v1/models", "/models"):
+                return self.send_raw("models")
+            if path == "/props" and not vllm:
+                return self.send_raw("props")
+            if path == "/version" and vllm:
+                return self.send_json({"version": "0.0.0-double"})
+            raise HttpError(404, "File Not Found", "not_found_error")
+        if method != "POST":
+            raise HttpError(404, "File Not Found", "not_found_error")
+        if path == "/tokenize":
+            return self.tokenize(self.parse(body))
+        if path == "/detokenize":
+            req = self.parse(body)
+            return self.send_json({"content": detokenize(req.get("tokens", []))})
+        if path in ("/v1/completions", "/completions"):
+            return self.completions(self.parse(body))
+        if path in ("/v1/chat/completions", "/chat/completions"):
+            return self.chat(self.parse(body))
+        if path == "/completion" and not vllm:
+            return self.native_completion(self.parse(body))
+        raise HttpError(404, "File Not Found", "not_found_error")
+
+    def prompt_ids(self, prompt):
+        if isinstance(prompt, str):
+            return tokenize(prompt, self.server.add_bos)[0], prompt
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return list(prompt), detokenize(prompt)
+        raise HttpError(400, '"prompt" must be a string or a list of tokens', "invalid_request_error")
+
+    def tokenize(self, req):
+        if self.server.flavour == "vllm":
+            text = req.get("prompt")
+            if not isinstance(text, str):
+                raise HttpError(400, "prompt: field required", "BadRequestError")
+            ids, _ = tokenize(text, self.server.add_bos and req.get("add_special_tokens", True))
+            return self.send_json({"count": len(ids), "max_model_len": 2048, "tokens": ids})
+        text = req.get("content", "")
+        add_special = bool(req.get("add_special", False))
+        with_pieces = bool(req.get("with_pieces", False))
+        if text == RECORDED_TEXT and with_pieces and not add_special:
+            return self.send_raw("tokenize")
+        if text == RECORDED_TEXT + " Paris" and not with_pieces and not add_special:
+            return self.send_raw("tokenize_with_continuation")
+        ids, pieces = tokenize(text, self.server.add_bos and add_special)
+        if with_pieces:
+            plist = (["<|im_start|>"] if len(ids) > len(pieces) else []) + pieces
+            return self.send_json({"tokens": [{"id": i, "piece": p} for i, p in zip(ids, plist)]})
+        return self.send_json({"tokens": ids})
+
+    def completions(self, req):
+        vllm = self.server.flavour == "vllm"
+        echo = bool(req.get("echo", False))
+        if echo and not vllm and self.server.echo == "reject":
+            raise HttpError(400, "Only no echo is supported", "invalid_request_error")
+        prompt = req.get("prompt")
+        if prompt is None:
+            raise HttpError(400, '"prompt" must be provided', "invalid_request_error")
+        max_tokens = int(req.get("max_tokens", 16))
+        n_lp = req.get("logprobs")
+        n_lp = int(n_lp) if isinstance(n_lp, int) and not isinstance(n_lp, bool) else (1 if n_lp else 0)
+        stream = bool(req.get("stream", False))
+        stop = req.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if vllm:
+            return self.vllm_completions(req, prompt, max_tokens, n_lp, echo, stop)
+        ids, text = self.prompt_ids(prompt)
+        # Recorded exchanges (echo is ignored by this build: the echo request is answered as if
+        # it had not asked for it).
+        if ids == RECORDED_IDS and max_tokens == 8 and not echo:
+            if stream and not n_lp:
+                return self.send_raw("v1_completions_stream")
+            if not stream and n_lp == 5:
+                return self.send_raw("v1_completions_logprobs")
+            if not stream and not n_lp:
+                return self.send_raw("v1_completions")
+        if ids == RECORDED_IDS_PARIS and max_tokens == 1 and n_lp == 1 and not stream:
+            return self.send_raw("v1_completions_echo")
+        slot, cache_n = self.server.slots.use(ids)
+        out, gen_text, stop_type = generate(ids, max_tokens, n_lp, stop)
+        finish = "length" if stop_type == "limit" else "stop"
+        logprobs = None
+        if n_lp:
+            logprobs = {
+                "content": [
+                    dict(tok_entry(i, lp), top_logprobs=[tok_entry(j, l) for j, l in tl]) for i, lp, tl in out
+                ]
+            }
+        usage = {
+            "completion_tokens": len(out),
+            "prompt_tokens": len(ids),
+            "total_tokens": len(ids) + len(out),
+            "prompt_tokens_details": {"cached_tokens": cache_n},
+        }
+        cid = ident("chatcmpl-", text + str(max_tokens))
+        created = int(time.time())
+        tm = timings(cache_n, len(ids) - cache_n, len(out))
+        if stream:
+            events = []
+            for k, (i, lp, tl) in enumerate(out):
+                piece = "" if i == EOS else ID2PIECE.get(i, "<t%d>" % i)
+                events.append(
+                    {
+                        "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": None}],
+                        "created": created,
+                        "model": MODEL,
+                        "system_fingerprint": "b0-unknown",
+                        "object": "text_completion",
+                        "id": cid,
+                    }
+                )
+            events.append(
+                {
+                    "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish}],
+                    "created": created,
+                    "model": MODEL,
+                    "system_fingerprint": "b0-unknown",
+                    "object": "text_completion",
+                    "usage": usage,
+                    "id": cid,
+                    "timings": tm,
+                }
+            )
+            events.append(b"[DONE]")
+            return self.send_stream(events)
+        return self.send_json(
+            {
+                "choices": [{"text": gen_text, "index": 0, "logprobs": logprobs, "finish_reason": finish}],
+                "created": created,
+                "model": MODEL,
+                "system_fingerprint": "b0-unknown",
+                "object": "text_completion",
+                "usage": usage,
+                "id": cid,
+                "timings": tm,
+            }
+        )
+
+    def vllm_completions(self, req, prompt, max_tokens, n_lp, echo, stop):
+        if isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+            prompts = prompt
+        else:
+            prompts = [prompt]
+        choices, pt, ct = [], 0, 0
+        for idx, p in enumerate(prompts):
+            ids, text = self.prompt_ids(p)
+            out, gen_text, stop_type = generate(ids, max_tokens, n_lp, stop)
+            pt, ct = pt + len(ids), ct + len(out)
+            toks, lps, tops = [], [], []
+            if echo:
+                for k, t in enumerate(ids):
+                    toks.append(ID2PIECE.get(t, "<t%d>" % t))
+                    if k == 0:
+                        lps.append(None)
+                        tops.append(None)
+                    else:
+                        arr = logprobs_after(ids[:k])
+                        lp = max(float(arr[t]), -9999.0)
+                        lps.append(lp)
+                        d = {ID2PIECE.get(t, "<t%d>" % t): lp}
+                        for j, l in top(arr, n_lp):
+                            d.setdefault(ID2PIECE.get(j, "<t%d>" % j), l)
+                        tops.append(d)
+            for i, lp, tl in out:
+                toks.append("" if i == EOS else ID2PIECE.get(i, "<t%d>" % i))
+                lps.append(lp)
+                d = {toks[-1]: lp}
+                for j, l in tl:
+                    d.setdefault(ID2PIECE.get(j, "<t%d>" % j), l)
+                tops.append(d)
+            offsets, pos = [], 0
+            for t in toks:
+                offsets.append(pos)
+                pos += len(t)
+            logprobs = None
+            if n_lp:
+                logprobs = {"text_offset": offsets, "token_logprobs": lps, "tokens": toks, "top_logprobs": tops}
+            choices.append(
+                {
+                    "index": idx,
+                    "text": (text if echo else "") + gen_text,
+                    "logprobs": logprobs,
+                    "finish_reason": "length" if stop_type == "limit" else "stop",
+                    "stop_reason": None,
+                    "prompt_logprobs": None,
+                }
+            )
+        return self.send_json(
+            {
+                "id": "cmpl-" + ident("", json.dumps(prompts))[:32],
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": MODEL,
+                "choices": choices,
+                "usage": {"prompt_tokens": pt, "total_tokens": pt + ct, "completion_tokens": ct},
+            }
+        )
+
+    def chat(self, req):
+        msgs = req.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise HttpError(400, "'messages' is required", "invalid_request_error")
+        text = ""
+        if msgs[0].get("role") != "system":
+            text += "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        for m in msgs:
+            c = m.get("content")
+            if isinstance(c, list):  # accepted by llama-server (recorded)
+                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+            text += "<|im_start|>" + str(m.get("role")) + "\n" + str(c) + "<|im_end|>\n"
+        text += "<|im_start|>assistant\n"
+        ids = tokenize(text)[0]
+        max_tokens = int(req.get("max_tokens", 16))
+        stop = req.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        slot, cache_n = self.server.slots.use(ids)
+        out, gen_text, stop_type = generate(ids, max_tokens, 0, stop)
+        finish = "length" if stop_type == "limit" else "stop"
+        usage = {
+            "completion_tokens": len(out),
+            "prompt_tokens": len(ids),
+            "total_tokens": len(ids) + len(out),
+            "prompt_tokens_details": {"cached_tokens": cache_n},
+        }
+        cid = ident("chatcmpl-", text + str(max_tokens))
+        created = int(time.time())
+        tm = timings(cache_n, len(ids) - cache_n, len(out))
+        if req.get("stream"):
+            head = {"created": created, "id": cid, "model": MODEL, "system_fingerprint": "b0-unknown",
+                    "object": "chat.completion.chunk"}
+            events = [dict({"choices": [{"finish_reason": None, "index": 0,
+                                         "delta": {"role": "assistant", "content": None}}]}, **head)]
+            for i, _, _ in out:
+                if i == EOS:
+                    continue
+                events.append(dict({"choices": [{"finish_reason": None, "index": 0,
+                                                 "delta": {"content": ID2PIECE.get(i, "<t%d>" % i)}}]}, **head))
+            events.append(dict({"choices": [{"finish_reason": finish, "index": 0, "delta": {}}]}, **head))
+            if (req.get("stream_options") or {}).get("include_usage"):
+                events.append(dict({"choices": []}, **head, usage=usage, timings=tm))
+            events.append(b"[DONE]")
+            return self.send_stream(events)
+        return self.send_json(
+            {
+                "choices": [{"finish_reason": finish, "index": 0,
+                             "message": {"role": "assistant", "content": gen_text}}],
+                "created": created,
+                "model": MODEL,
+                "system_fingerprint": "b0-unknown",
+                "object": "chat.completion",
+                "usage": usage,
+                "id": cid,
+                "timings": tm,
+            }
+        )
+
+    def native_completion(self, req):
+        prompt = req.get("prompt")
+        if prompt is None:
+            raise HttpError(400, '"prompt" must be provided', "invalid_request_error")
+        ids, text = self.prompt_ids(prompt)
+        n_predict = int(req.get("n_predict", -1))
+        n_probs = int(req.get("n_probs", 0))
+        if ids == RECORDED_IDS and n_predict == 1 and n_probs == 20:
+            return self.send_raw("completion_n_probs")
+        if ids == RECORDED_IDS and n_predict == 0:
+            return self.send_raw("completion_n_predict_0")
+        slot, cache_n = self.server.slots.use(ids)
+        out, gen_text, stop_type = generate(ids, n_predict if n_predict >= 0 else 16, n_probs, [])
+        if n_predict == 0:
+            stop_type = "eos"
+        settings = dict(GEN_SETTINGS)
+        settings.update({"n_predict": n_predict, "max_tokens": n_predict, "n_probs": n_probs,
+                         "temperature": float(req.get("temperature", 0.8))})
+        resp = {
+            "index": 0,
+            "content": gen_text,
+            "tokens": [],
+            "id_slot": slot,
+            "stop": True,
+            "model": MODEL,
+            "tokens_predicted": max(len(out), 1),
+            "tokens_evaluated": len(ids),
+            "generation_settings": settings,
+            "prompt": text,
+            "has_new_line": "\n" in gen_text,
+            "truncated": False,
+            "stop_type": stop_type,
+            "stopping_word": "",
+            "tokens_cached": len(ids) + len(out),
+            "timings": timings(cache_n, len(ids) - cache_n, max(len(out), 1)),
+        }
+        if n_probs > 0:
+            resp["completion_probabilities"] = [
+                dict(tok_entry(i, lp), top_logprobs=[tok_entry(j, l) for j, l in tl]) for i, lp, tl in out
+            ]
+        return self.send_json(resp)
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def log(self, method, path, headers, body):
+        if not self.log_path:
+            return
+        rec = {"method": method, "path": path, "headers": headers, "body": body.decode("utf-8", "replace")}
+        with LOCK:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--log")
+    ap.add_argument("--echo", choices=["ignore", "reject"], default="ignore")
+    ap.add_argument("--add-bos", action="store_true")
+    ap.add_argument("--flavour", choices=["llama.cpp", "vllm"], default="llama.cpp")
+    ap.add_argument("--slots", type=int, default=2)
+    a = ap.parse_args()
+    srv = Server(("127.0.0.1", a.port), Handler)
+    srv.log_path, srv.echo, srv.add_bos, srv.flavour = a.log, a.echo, a.add_bos, a.flavour
+    srv.slots = Slots(a.slots)
+    print("listening on 127.0.0.1:%d" % srv.server_address[1], flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
