@@ -10,7 +10,9 @@
 
 use epi_framework::power::PowerError;
 use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceInfo, SourceStats};
+use epi_framework::sample::{
+    ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceInfo, SourceStats,
+};
 use epi_framework::trace::{Row, TraceMeta, TraceReader};
 use epi_framework::PowerSource;
 use serde::{Deserialize, Serialize};
@@ -66,7 +68,10 @@ impl CsvConfig {
             return Err("path: expected a trace CSV file".into());
         }
         if !(self.speed.is_finite() && self.speed > 0.0) {
-            return Err(format!("speed: expected a factor > 0, found {}", self.speed));
+            return Err(format!(
+                "speed: expected a factor > 0, found {}",
+                self.speed
+            ));
         }
         if self.batch_rows == 0 {
             return Err("batch_rows: expected at least 1".into());
@@ -92,7 +97,10 @@ fn to_sample(row: &Row) -> PowerSample {
 }
 
 fn io_error(e: epi_framework::Error) -> PowerError {
-    PowerError::Io { source_key: KEY.into(), message: e.to_string() }
+    PowerError::Io {
+        source_key: KEY.into(),
+        message: e.to_string(),
+    }
 }
 
 /// The `csv` replay source.
@@ -109,15 +117,27 @@ pub struct CsvReplay {
 
 impl std::fmt::Debug for CsvReplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CsvReplay").field("config", &self.config).finish()
+        f.debug_struct("CsvReplay")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl CsvReplay {
     /// A replay of `config.path` (no I/O until [`PowerSource::open`]).
     pub fn new(config: CsvConfig) -> Result<CsvReplay, PowerError> {
-        config.validate().map_err(|message| PowerError::Config { source_key: KEY.into(), message })?;
-        Ok(CsvReplay { config, reader: None, held: None, start: None, stats: SourceStats::default(), ended: false })
+        config.validate().map_err(|message| PowerError::Config {
+            source_key: KEY.into(),
+            message,
+        })?;
+        Ok(CsvReplay {
+            config,
+            reader: None,
+            held: None,
+            start: None,
+            stats: SourceStats::default(),
+            ended: false,
+        })
     }
 
     /// Provenance for a trace without a sidecar, from its first rows.
@@ -139,15 +159,29 @@ impl CsvReplay {
         let mut details = serde_json::Map::new();
         details.insert(
             "provenance".into(),
-            Value::from(format!("no {} sidecar: channels from the first {rows} rows, instrument unknown", TraceMeta::path_for(&self.config.path).display())),
+            Value::from(format!(
+                "no {} sidecar: channels from the first {rows} rows, instrument unknown",
+                TraceMeta::path_for(&self.config.path).display()
+            )),
         );
         Ok(SourceInfo {
             source: KEY.into(),
-            method: if all_counter && rows > 0 { EnergyMethod::Counter } else { EnergyMethod::Integrated },
+            method: if all_counter && rows > 0 {
+                EnergyMethod::Counter
+            } else {
+                EnergyMethod::Integrated
+            },
             instrument: "unknown (trace file without a .meta.json sidecar)".into(),
             sample_rate_hz: None,
             accuracy_rel: None,
-            channels: nodes.into_iter().map(|id| ChannelInfo { id, name: format!("node {id}"), scope: "unknown".into() }).collect(),
+            channels: nodes
+                .into_iter()
+                .map(|id| ChannelInfo {
+                    id,
+                    name: format!("node {id}"),
+                    scope: "unknown".into(),
+                })
+                .collect(),
             replay: true,
             details,
         })
@@ -157,7 +191,9 @@ impl CsvReplay {
         if let Some(r) = self.held.take() {
             return Ok(Some(r));
         }
-        let Some(reader) = self.reader.as_mut() else { return Ok(None) };
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
         Ok(reader.next_row().map_err(io_error)?.map(|(_, row)| row))
     }
 }
@@ -171,11 +207,21 @@ impl PowerSource for CsvReplay {
         let mut info = match &meta {
             Some(m) => {
                 let mut info = m.source.clone();
-                info.details.insert("recorded_source".into(), Value::from(m.source.source.clone()));
-                info.details.insert("recorded_started_utc".into(), Value::from(m.started_utc.clone()));
-                info.details.insert("recorded_stats".into(), serde_json::to_value(&m.stats).unwrap_or(Value::Null));
+                info.details.insert(
+                    "recorded_source".into(),
+                    Value::from(m.source.source.clone()),
+                );
+                info.details.insert(
+                    "recorded_started_utc".into(),
+                    Value::from(m.started_utc.clone()),
+                );
+                info.details.insert(
+                    "recorded_stats".into(),
+                    serde_json::to_value(&m.stats).unwrap_or(Value::Null),
+                );
                 if let Some(z) = m.timeline_zero_utc_ms {
-                    info.details.insert("timeline_zero_utc_ms".into(), Value::from(z));
+                    info.details
+                        .insert("timeline_zero_utc_ms".into(), Value::from(z));
                 }
                 info.source = KEY.into();
                 info
@@ -183,7 +229,8 @@ impl PowerSource for CsvReplay {
             None => self.scan()?,
         };
         info.replay = true;
-        info.details.insert("file".into(), Value::from(path.display().to_string()));
+        info.details
+            .insert("file".into(), Value::from(path.display().to_string()));
         info.details.insert(
             "pace".into(),
             Value::from(match self.config.pace {
@@ -200,7 +247,10 @@ impl PowerSource for CsvReplay {
             return Ok(None);
         }
         if self.reader.is_none() {
-            return Err(PowerError::Io { source_key: KEY.into(), message: "next_batch called before open or after close".into() });
+            return Err(PowerError::Io {
+                source_key: KEY.into(),
+                message: "next_batch called before open or after close".into(),
+            });
         }
         let mut samples = Vec::new();
         while samples.len() < self.config.batch_rows {
@@ -209,7 +259,9 @@ impl PowerSource for CsvReplay {
                 break;
             };
             if self.config.pace == Pace::Recorded {
-                let (t0, started) = *self.start.get_or_insert((row.t_ms, tokio::time::Instant::now()));
+                let (t0, started) = *self
+                    .start
+                    .get_or_insert((row.t_ms, tokio::time::Instant::now()));
                 let due_ms = ((row.t_ms - t0) / self.config.speed).max(0.0);
                 let due = started + Duration::from_secs_f64(due_ms / 1000.0);
                 if due > tokio::time::Instant::now() {
@@ -226,7 +278,10 @@ impl PowerSource for CsvReplay {
             return Ok(None);
         }
         self.stats.samples += samples.len() as u64;
-        Ok(Some(SampleBatch { samples, events: Vec::new() }))
+        Ok(Some(SampleBatch {
+            samples,
+            events: Vec::new(),
+        }))
     }
 
     fn stats(&self) -> SourceStats {
@@ -242,7 +297,10 @@ impl PowerSource for CsvReplay {
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
     let c: CsvConfig = parse_config(KEY, config)?;
-    let source = CsvReplay::new(c).map_err(|e| epi_framework::Error::Plugin { plugin: KEY.into(), message: e.to_string() })?;
+    let source = CsvReplay::new(c).map_err(|e| epi_framework::Error::Plugin {
+        plugin: KEY.into(),
+        message: e.to_string(),
+    })?;
     Ok(Box::new(source))
 }
 
@@ -265,7 +323,11 @@ mod tests {
         let mut all = Vec::new();
         for i in 0..rows {
             for ch in 0..2u32 {
-                let mut s = PowerSample::new(ch, 1000.0 + i as f64 * 100.0, 10.0 + ch as f64 + (i % 7) as f64 * 0.25);
+                let mut s = PowerSample::new(
+                    ch,
+                    1000.0 + i as f64 * 100.0,
+                    10.0 + ch as f64 + (i % 7) as f64 * 0.25,
+                );
                 s.host_utc_ms = 1_700_000_000_000 + i as i64 * 100;
                 s.volts = Some(121.5);
                 s.energy_j = Some(i as f64 * 1.5);
@@ -299,12 +361,32 @@ mod tests {
         let info = s.open().await.unwrap();
         assert!(info.replay);
         assert_eq!(info.method, EnergyMethod::Counter);
-        assert_eq!(info.channels.iter().map(|c| c.id).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            info.channels.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         assert!(info.instrument.contains("without a .meta.json"));
         let got = drain(&mut s).await;
         assert_eq!(got.len(), written.len());
         for (g, w) in got.iter().zip(&written) {
-            assert_eq!((g.channel, g.t_ms, g.watts, g.volts, g.energy_j, g.host_utc_ms), (w.channel, w.t_ms, w.watts, w.volts, w.energy_j, w.host_utc_ms));
+            assert_eq!(
+                (
+                    g.channel,
+                    g.t_ms,
+                    g.watts,
+                    g.volts,
+                    g.energy_j,
+                    g.host_utc_ms
+                ),
+                (
+                    w.channel,
+                    w.t_ms,
+                    w.watts,
+                    w.volts,
+                    w.energy_j,
+                    w.host_utc_ms
+                )
+            );
         }
         assert_eq!(s.stats().samples, 100);
         assert!(s.next_batch().await.unwrap().is_none());
@@ -318,14 +400,26 @@ mod tests {
                 instrument: "epi-meter v1.0 fw 0.1.0, ATM90E26".into(),
                 sample_rate_hz: Some(10.0),
                 accuracy_rel: Some(0.02),
-                channels: vec![ChannelInfo { id: 0, name: "node 0".into(), scope: "ac-inlet".into() }],
+                channels: vec![ChannelInfo {
+                    id: 0,
+                    name: "node 0".into(),
+                    scope: "ac-inlet".into(),
+                }],
                 replay: false,
                 details: Default::default(),
             },
             started_utc: "2026-01-01T00:00:00Z".into(),
             timeline_zero_utc_ms: Some(1_700_000_000_000),
-            stats: SourceStats { samples: 100, lost_samples: 2, ..Default::default() },
-            events: vec![SourceEvent { host_mono_ms: 1.0, kind: "reboot".into(), detail: String::new() }],
+            stats: SourceStats {
+                samples: 100,
+                lost_samples: 2,
+                ..Default::default()
+            },
+            events: vec![SourceEvent {
+                host_mono_ms: 1.0,
+                kind: "reboot".into(),
+                detail: String::new(),
+            }],
             extra: Default::default(),
         };
         meta.write_for(&path).unwrap();
@@ -366,15 +460,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.csv");
         std::fs::write(&path, "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor\n0,0,1.5,,,\n100,0,-2,,,\n").unwrap();
-        let mut s = CsvReplay::new(serde_json::from_value(serde_json::json!({"path": path})).unwrap()).unwrap();
+        let mut s =
+            CsvReplay::new(serde_json::from_value(serde_json::json!({"path": path})).unwrap())
+                .unwrap();
         let e = s.open().await.unwrap_err().to_string();
-        assert!(e.contains("bad.csv:3: watts_rms") && e.contains("negative"), "{e}");
-        let e = CsvReplay::new(serde_json::from_value(serde_json::json!({"path": dir.path().join("none.csv")})).unwrap())
-            .unwrap()
-            .open()
-            .await
-            .unwrap_err()
-            .to_string();
+        assert!(
+            e.contains("bad.csv:3: watts_rms") && e.contains("negative"),
+            "{e}"
+        );
+        let e = CsvReplay::new(
+            serde_json::from_value(serde_json::json!({"path": dir.path().join("none.csv")}))
+                .unwrap(),
+        )
+        .unwrap()
+        .open()
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("none.csv"), "{e}");
     }
 }

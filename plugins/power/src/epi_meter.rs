@@ -145,7 +145,9 @@ impl FieldNames {
             ("w", &self.w),
         ] {
             if name.is_empty() {
-                return Err(format!("fields.{key}: a required field needs a wire name (found an empty string)"));
+                return Err(format!(
+                    "fields.{key}: a required field needs a wire name (found an empty string)"
+                ));
             }
         }
         Ok(())
@@ -258,21 +260,34 @@ impl EpiMeterConfig {
             return Err("baud: expected a baud rate > 0 (the protocol's default is 115200)".into());
         }
         if !(5..=8).contains(&self.data_bits) {
-            return Err(format!("data_bits: expected 5, 6, 7 or 8, found {}", self.data_bits));
+            return Err(format!(
+                "data_bits: expected 5, 6, 7 or 8, found {}",
+                self.data_bits
+            ));
         }
         if !(1..=2).contains(&self.stop_bits) {
-            return Err(format!("stop_bits: expected 1 or 2, found {}", self.stop_bits));
+            return Err(format!(
+                "stop_bits: expected 1 or 2, found {}",
+                self.stop_bits
+            ));
         }
         if self.reconnect_initial_ms == 0 || self.reconnect_max_ms < self.reconnect_initial_ms {
-            return Err("reconnect_initial_ms / reconnect_max_ms: expected 0 < initial ≤ max".into());
+            return Err(
+                "reconnect_initial_ms / reconnect_max_ms: expected 0 < initial ≤ max".into(),
+            );
         }
         if let Some(a) = self.accuracy_rel {
             if !(a.is_finite() && a >= 0.0) {
-                return Err(format!("accuracy_rel: expected a relative accuracy ≥ 0 (0.02 for ±2 %), found {a}"));
+                return Err(format!(
+                    "accuracy_rel: expected a relative accuracy ≥ 0 (0.02 for ±2 %), found {a}"
+                ));
             }
         }
         if self.max_line_bytes < 64 {
-            return Err(format!("max_line_bytes: expected at least 64, found {}", self.max_line_bytes));
+            return Err(format!(
+                "max_line_bytes: expected at least 64, found {}",
+                self.max_line_bytes
+            ));
         }
         self.fields.validate()
     }
@@ -338,7 +353,10 @@ pub(crate) struct BadLine {
 }
 
 fn bad(reason: impl Into<String>) -> BadLine {
-    BadLine { reason: reason.into(), seq: None }
+    BadLine {
+        reason: reason.into(),
+        seq: None,
+    }
 }
 
 fn describe(v: &Value) -> String {
@@ -361,7 +379,12 @@ fn get<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 fn req_u32(obj: &Map<String, Value>, name: &str, what: &str) -> Result<u32, String> {
     match get(obj, name) {
         None => Err(format!("missing field `{name}` ({what})")),
-        Some(v) => as_u32(v).ok_or_else(|| format!("field `{name}`: expected an integer 0…4294967295, found {}", describe(v))),
+        Some(v) => as_u32(v).ok_or_else(|| {
+            format!(
+                "field `{name}`: expected an integer 0…4294967295, found {}",
+                describe(v)
+            )
+        }),
     }
 }
 
@@ -372,9 +395,12 @@ fn as_u32(v: &Value) -> Option<u32> {
 fn opt_u32(obj: &Map<String, Value>, name: &str) -> Result<Option<u32>, String> {
     match get(obj, name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => as_u32(v)
-            .map(Some)
-            .ok_or_else(|| format!("field `{name}`: expected an integer 0…4294967295, found {}", describe(v))),
+        Some(v) => as_u32(v).map(Some).ok_or_else(|| {
+            format!(
+                "field `{name}`: expected an integer 0…4294967295, found {}",
+                describe(v)
+            )
+        }),
     }
 }
 
@@ -382,7 +408,10 @@ fn opt_str(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, Strin
     match get(obj, name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(format!("field `{name}`: expected a string, found {}", describe(v))),
+        Some(v) => Err(format!(
+            "field `{name}`: expected a string, found {}",
+            describe(v)
+        )),
     }
 }
 
@@ -390,8 +419,13 @@ fn opt_str(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, Strin
 fn number(v: &Value, name: &str, lo: f64, hi: f64, what: &str) -> Result<f64, String> {
     match v.as_f64() {
         Some(x) if x.is_finite() && x >= lo && x <= hi => Ok(x),
-        Some(x) if x.is_finite() => Err(format!("field `{name}`: expected {what}, found {x} (out of range)")),
-        _ => Err(format!("field `{name}`: expected {what}, found {}", describe(v))),
+        Some(x) if x.is_finite() => Err(format!(
+            "field `{name}`: expected {what}, found {x} (out of range)"
+        )),
+        _ => Err(format!(
+            "field `{name}`: expected {what}, found {}",
+            describe(v)
+        )),
     }
 }
 
@@ -413,15 +447,30 @@ impl LineParser {
             return Err(bad("empty line"));
         }
         let text = std::str::from_utf8(raw).map_err(|_| bad("not UTF-8 text"))?;
-        let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not a JSON object: {e}")))?;
         let Value::Object(obj) = value else {
-            return Err(bad(format!("expected a JSON object, found {}", describe(&value))));
+            return Err(bad(format!(
+                "expected a JSON object, found {}",
+                describe(&value)
+            )));
         };
         let n = &self.names;
         let kind = match obj.get(&n.kind) {
             Some(Value::String(s)) => s.as_str(),
-            Some(v) => return Err(bad(format!("field `{}`: expected a string, found {}", n.kind, describe(v)))),
-            None => return Err(bad(format!("missing field `{}` (the kind of line)", n.kind))),
+            Some(v) => {
+                return Err(bad(format!(
+                    "field `{}`: expected a string, found {}",
+                    n.kind,
+                    describe(v)
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "missing field `{}` (the kind of line)",
+                    n.kind
+                )))
+            }
         };
         if kind == n.type_sample {
             self.sample(&obj).map(Line::Sample)
@@ -437,25 +486,51 @@ impl LineParser {
     fn sample(&self, obj: &Map<String, Value>) -> Result<SampleLine, BadLine> {
         let n = &self.names;
         let seq = req_u32(obj, &n.seq, "sample sequence number").map_err(bad)?;
-        let with_seq = |reason: String| BadLine { reason, seq: Some(seq) };
+        let with_seq = |reason: String| BadLine {
+            reason,
+            seq: Some(seq),
+        };
         let t_ms = req_u32(obj, &n.t_ms, "meter clock, ms").map_err(with_seq)?;
         let ch = match obj.get(&n.ch) {
             Some(Value::Array(a)) => a,
-            Some(v) => return Err(with_seq(format!("field `{}`: expected an array of channels, found {}", n.ch, describe(v)))),
-            None => return Err(with_seq(format!("missing field `{}` (the channel readings)", n.ch))),
+            Some(v) => {
+                return Err(with_seq(format!(
+                    "field `{}`: expected an array of channels, found {}",
+                    n.ch,
+                    describe(v)
+                )))
+            }
+            None => {
+                return Err(with_seq(format!(
+                    "missing field `{}` (the channel readings)",
+                    n.ch
+                )))
+            }
         };
         if ch.is_empty() {
-            return Err(with_seq(format!("field `{}`: expected at least one channel, found none", n.ch)));
+            return Err(with_seq(format!(
+                "field `{}`: expected at least one channel, found none",
+                n.ch
+            )));
         }
         let mut readings = Vec::with_capacity(ch.len());
         for (i, c) in ch.iter().enumerate() {
-            let r = self.reading(c).map_err(|m| with_seq(format!("{}[{i}]: {m}", n.ch)))?;
+            let r = self
+                .reading(c)
+                .map_err(|m| with_seq(format!("{}[{i}]: {m}", n.ch)))?;
             if readings.iter().any(|x: &Reading| x.node == r.node) {
-                return Err(with_seq(format!("{}[{i}]: node {} appears twice in one sample", n.ch, r.node)));
+                return Err(with_seq(format!(
+                    "{}[{i}]: node {} appears twice in one sample",
+                    n.ch, r.node
+                )));
             }
             readings.push(r);
         }
-        Ok(SampleLine { seq, t_ms, ch: readings })
+        Ok(SampleLine {
+            seq,
+            t_ms,
+            ch: readings,
+        })
     }
 
     fn reading(&self, c: &Value) -> Result<Reading, String> {
@@ -482,21 +557,46 @@ impl LineParser {
         let pf = required(&n.pf, 0.0, 1.0, "a power factor in [0, 1]")?;
         if let Some(x) = get(o, &n.var) {
             if !x.is_null() {
-                number(x, &n.var, f64::MIN, f64::MAX, "reactive power (a finite number)")?;
+                number(
+                    x,
+                    &n.var,
+                    f64::MIN,
+                    f64::MAX,
+                    "reactive power (a finite number)",
+                )?;
             }
         }
         let wh = match get(o, &n.wh) {
             None | Some(Value::Null) => None,
-            Some(x) => Some(number(x, &n.wh, 0.0, f64::MAX, "accumulated energy in Wh ≥ 0")?),
+            Some(x) => Some(number(
+                x,
+                &n.wh,
+                0.0,
+                f64::MAX,
+                "accumulated energy in Wh ≥ 0",
+            )?),
         };
-        Ok(Reading { node, w, v, a, pf, wh })
+        Ok(Reading {
+            node,
+            w,
+            v,
+            a,
+            pf,
+            wh,
+        })
     }
 
     fn hello(&self, obj: &Map<String, Value>) -> Result<Hello, String> {
         let n = &self.names;
         let rate_hz = match get(obj, &n.rate_hz) {
             None | Some(Value::Null) => None,
-            Some(v) => Some(number(v, &n.rate_hz, f64::MIN_POSITIVE, 1e6, "a sample rate in Hz > 0")?),
+            Some(v) => Some(number(
+                v,
+                &n.rate_hz,
+                f64::MIN_POSITIVE,
+                1e6,
+                "a sample rate in Hz > 0",
+            )?),
         };
         Ok(Hello {
             fw: opt_str(obj, &n.fw)?,
@@ -668,7 +768,11 @@ impl MeterStream {
     }
 
     fn event(&mut self, at: f64, kind: &str, detail: String) {
-        self.events.push(SourceEvent { host_mono_ms: at, kind: kind.to_string(), detail });
+        self.events.push(SourceEvent {
+            host_mono_ms: at,
+            kind: kind.to_string(),
+            detail,
+        });
     }
 
     fn bad_line(&mut self, at: f64, kind: &str, reason: String) {
@@ -677,14 +781,22 @@ impl MeterStream {
         if self.line_events < MAX_LINE_EVENTS {
             self.event(at, kind, reason);
         } else if self.line_events == MAX_LINE_EVENTS {
-            self.event(at, kind, format!("{reason} (further bad lines are only counted)"));
+            self.event(
+                at,
+                kind,
+                format!("{reason} (further bad lines are only counted)"),
+            );
         }
     }
 
     /// An over-long line.
     pub fn too_long(&mut self, at: Arrival, max: usize) {
         self.first_line = false;
-        self.bad_line(at.mono_ms, "bad-line", format!("line longer than {max} bytes without a newline (garbage?)"));
+        self.bad_line(
+            at.mono_ms,
+            "bad-line",
+            format!("line longer than {max} bytes without a newline (garbage?)"),
+        );
     }
 
     /// Processes one line; samples go to `out`, events to `self.events`.
@@ -710,12 +822,22 @@ impl MeterStream {
             Ok(Line::Other(kind)) => {
                 if self.ignored_types.len() < 16 && !self.ignored_types.contains(&kind) {
                     self.ignored_types.push(kind.clone());
-                    self.event(at.mono_ms, "ignored-line", format!("unknown line type `{kind}` ignored"));
+                    self.event(
+                        at.mono_ms,
+                        "ignored-line",
+                        format!("unknown line type `{kind}` ignored"),
+                    );
                 }
             }
             Err(b) => {
                 let (kind, reason) = if first {
-                    ("partial-line", format!("first line after opening the port skipped (partial line): {}", b.reason))
+                    (
+                        "partial-line",
+                        format!(
+                            "first line after opening the port skipped (partial line): {}",
+                            b.reason
+                        ),
+                    )
                 } else {
                     ("bad-line", b.reason)
                 };
@@ -734,13 +856,21 @@ impl MeterStream {
 
     fn hello(&mut self, h: Hello, at: Arrival) {
         if self.hello.as_ref() != Some(&h) {
-            let what = if self.hello.is_none() { "meter says hello" } else { "meter hello changed" };
+            let what = if self.hello.is_none() {
+                "meter says hello"
+            } else {
+                "meter hello changed"
+            };
             let detail = format!(
                 "{what}: board {}, fw {}, {} channels, {} Hz, IC {}",
                 h.board.as_deref().unwrap_or("?"),
                 h.fw.as_deref().unwrap_or("?"),
-                h.channels.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                h.rate_hz.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                h.channels
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                h.rate_hz
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
                 h.ic.as_deref().unwrap_or("?"),
             );
             self.event(at.mono_ms, "hello", detail);
@@ -762,7 +892,11 @@ impl MeterStream {
                 let dt = s.t_ms.wrapping_sub(last.t_raw) as i32;
                 let host_elapsed = (at.mono_ms - last.host_mono).max(0.0);
                 if dseq == 0 {
-                    self.bad_line(at.mono_ms, "bad-line", format!("duplicate sample: seq {} repeated", s.seq));
+                    self.bad_line(
+                        at.mono_ms,
+                        "bad-line",
+                        format!("duplicate sample: seq {} repeated", s.seq),
+                    );
                     self.hello_since_sample = hello_seen;
                     return;
                 }
@@ -799,11 +933,21 @@ impl MeterStream {
                         );
                     }
                     let t_cont = last.t_cont + dt as i64;
-                    (t_cont, self.boot_anchor.0 + (t_cont - self.boot_anchor.1) as f64, false)
+                    (
+                        t_cont,
+                        self.boot_anchor.0 + (t_cont - self.boot_anchor.1) as f64,
+                        false,
+                    )
                 }
             }
         };
-        self.last = Some(LastSample { seq: s.seq, t_raw: s.t_ms, t_cont, timeline, host_mono: at.mono_ms });
+        self.last = Some(LastSample {
+            seq: s.seq,
+            t_raw: s.t_ms,
+            t_cont,
+            timeline,
+            host_mono: at.mono_ms,
+        });
         if self.first_sample.is_none() {
             let nodes = s.ch.iter().map(|r| r.node).collect();
             let all_wh = s.ch.iter().all(|r| r.wh.is_some());
@@ -817,7 +961,11 @@ impl MeterStream {
                     n.last_timeline = timeline;
                     n.last_w = r.w;
                 })
-                .or_insert(NodeState { last_timeline: timeline, last_w: r.w, counter: None });
+                .or_insert(NodeState {
+                    last_timeline: timeline,
+                    last_w: r.w,
+                    counter: None,
+                });
             out.push(PowerSample {
                 channel: r.node,
                 t_ms: timeline,
@@ -841,17 +989,40 @@ impl MeterStream {
         let boot = self.boot;
         let node = self.nodes.get(&r.node).copied();
         let (state, reset) = match node.and_then(|n| n.counter.map(|c| (n, c))) {
-            None => (CounterState { offset_j: 0.0, last_wh: wh, last_j: here, boot }, false),
+            None => (
+                CounterState {
+                    offset_j: 0.0,
+                    last_wh: wh,
+                    last_j: here,
+                    boot,
+                },
+                false,
+            ),
             Some((n, c)) => {
                 let restarted = rebooted || c.boot != boot || wh < c.last_wh;
                 if restarted {
                     // Bridge the gap with the trapezoid of the bounding power readings.
                     let bridge = (timeline - n.last_timeline).max(0.0) * (n.last_w + r.w) / 2000.0;
                     let j = c.last_j + bridge;
-                    (CounterState { offset_j: j - here, last_wh: wh, last_j: j, boot }, !rebooted && c.boot == boot)
+                    (
+                        CounterState {
+                            offset_j: j - here,
+                            last_wh: wh,
+                            last_j: j,
+                            boot,
+                        },
+                        !rebooted && c.boot == boot,
+                    )
                 } else {
                     let j = c.offset_j + here;
-                    (CounterState { last_wh: wh, last_j: j, ..c }, false)
+                    (
+                        CounterState {
+                            last_wh: wh,
+                            last_j: j,
+                            ..c
+                        },
+                        false,
+                    )
                 }
             }
         };
@@ -865,7 +1036,14 @@ impl MeterStream {
         if let Some(n) = self.nodes.get_mut(&r.node) {
             n.counter = Some(state);
         } else {
-            self.nodes.insert(r.node, NodeState { last_timeline: timeline, last_w: r.w, counter: Some(state) });
+            self.nodes.insert(
+                r.node,
+                NodeState {
+                    last_timeline: timeline,
+                    last_w: r.w,
+                    counter: Some(state),
+                },
+            );
         }
         Some(state.last_j)
     }
@@ -891,14 +1069,19 @@ pub struct EpiMeter {
 
 impl std::fmt::Debug for EpiMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpiMeter").field("config", &self.config).finish()
+        f.debug_struct("EpiMeter")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl EpiMeter {
     /// A source for `config` (no I/O until [`PowerSource::open`]).
     pub fn new(config: EpiMeterConfig) -> Result<EpiMeter, PowerError> {
-        config.validate().map_err(|message| PowerError::Config { source_key: KEY.into(), message })?;
+        config.validate().map_err(|message| PowerError::Config {
+            source_key: KEY.into(),
+            message,
+        })?;
         Ok(EpiMeter {
             stream: MeterStream::new(config.fields.clone()),
             backoff_ms: config.reconnect_initial_ms,
@@ -927,7 +1110,11 @@ impl EpiMeter {
             Parity::Odd => tokio_serial::Parity::Odd,
             Parity::Even => tokio_serial::Parity::Even,
         };
-        let stop_bits = if c.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+        let stop_bits = if c.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        };
         let flow = match c.flow_control {
             FlowControl::None => tokio_serial::FlowControl::None,
             FlowControl::Software => tokio_serial::FlowControl::Software,
@@ -955,7 +1142,10 @@ impl EpiMeter {
             }
             _ => format!("cannot open serial port {port}: {e}"),
         };
-        PowerError::NotAvailable { source_key: KEY.into(), reason }
+        PowerError::NotAvailable {
+            source_key: KEY.into(),
+            reason,
+        }
     }
 
     fn clock(&self) -> HostClock {
@@ -965,7 +1155,12 @@ impl EpiMeter {
     /// Feeds bytes that arrived at `at`; samples go to `self.pending`.
     fn feed(&mut self, n: usize, at: Arrival) {
         let max = self.config.max_line_bytes;
-        let (splitter, stream, pending, buf) = (&mut self.splitter, &mut self.stream, &mut self.pending, &self.buf);
+        let (splitter, stream, pending, buf) = (
+            &mut self.splitter,
+            &mut self.stream,
+            &mut self.pending,
+            &self.buf,
+        );
         splitter.feed(&buf[..n], max, |f| match f {
             Framed::Line(line) => stream.line(line, at, pending),
             Framed::TooLong => stream.too_long(at, max),
@@ -973,7 +1168,10 @@ impl EpiMeter {
     }
 
     fn take_batch(&mut self) -> SampleBatch {
-        SampleBatch { samples: std::mem::take(&mut self.pending), events: std::mem::take(&mut self.stream.events) }
+        SampleBatch {
+            samples: std::mem::take(&mut self.pending),
+            events: std::mem::take(&mut self.stream.events),
+        }
     }
 
     fn info(&self, clock: &HostClock) -> SourceInfo {
@@ -999,14 +1197,23 @@ impl EpiMeter {
         details.insert("baud".into(), Value::from(self.config.baud));
         details.insert("protocol".into(), Value::from("epi-meter UART v1"));
         if self.config.fields != FieldNames::default() {
-            details.insert("fields".into(), serde_json::to_value(&self.config.fields).unwrap_or(Value::Null));
+            details.insert(
+                "fields".into(),
+                serde_json::to_value(&self.config.fields).unwrap_or(Value::Null),
+            );
         }
-        details.insert("hello".into(), serde_json::to_value(&hello).unwrap_or(Value::Null));
+        details.insert(
+            "hello".into(),
+            serde_json::to_value(&hello).unwrap_or(Value::Null),
+        );
         details.insert(
             "timeline".into(),
             Value::from("meter clock (t_ms unwrapped), anchored at the first sample's host arrival; reboots bridged on the host clock"),
         );
-        details.insert("timeline_zero_utc_ms".into(), Value::from(clock.zero_utc_ms()));
+        details.insert(
+            "timeline_zero_utc_ms".into(),
+            Value::from(clock.zero_utc_ms()),
+        );
         details.insert(
             "energy".into(),
             Value::from(if all_wh {
@@ -1017,13 +1224,21 @@ impl EpiMeter {
         );
         SourceInfo {
             source: KEY.into(),
-            method: if all_wh { EnergyMethod::Counter } else { EnergyMethod::Integrated },
+            method: if all_wh {
+                EnergyMethod::Counter
+            } else {
+                EnergyMethod::Integrated
+            },
             instrument,
             sample_rate_hz: hello.as_ref().and_then(|h| h.rate_hz),
             accuracy_rel: self.config.accuracy_rel,
             channels: ids
                 .into_iter()
-                .map(|id| ChannelInfo { id, name: format!("node {id}"), scope: "ac-inlet".into() })
+                .map(|id| ChannelInfo {
+                    id,
+                    name: format!("node {id}"),
+                    scope: "ac-inlet".into(),
+                })
                 .collect(),
             replay: false,
             details,
@@ -1081,7 +1296,8 @@ impl PowerSource for EpiMeter {
         self.clock = Some(clock);
         let mut port = self.open_port().map_err(|e| self.open_error(&e))?;
         self.stream.connected();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.open_timeout_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.open_timeout_ms);
         while self.stream.first_sample.is_none() {
             let read = tokio::time::timeout_at(deadline, port.read(&mut self.buf)).await;
             match read {
@@ -1104,13 +1320,19 @@ impl PowerSource for EpiMeter {
                 Ok(Ok(0)) => {
                     return Err(PowerError::Io {
                         source_key: KEY.into(),
-                        message: format!("{}: the port closed while waiting for the first sample", self.config.port),
+                        message: format!(
+                            "{}: the port closed while waiting for the first sample",
+                            self.config.port
+                        ),
                     })
                 }
                 Ok(Err(e)) => {
                     return Err(PowerError::Io {
                         source_key: KEY.into(),
-                        message: format!("{}: read failed while waiting for the first sample: {e}", self.config.port),
+                        message: format!(
+                            "{}: read failed while waiting for the first sample: {e}",
+                            self.config.port
+                        ),
                     })
                 }
                 Ok(Ok(n)) => self.feed(n, clock.now()),
@@ -1122,7 +1344,10 @@ impl PowerSource for EpiMeter {
 
     async fn next_batch(&mut self) -> Result<Option<SampleBatch>, PowerError> {
         if self.closed || self.clock.is_none() {
-            return Err(PowerError::Io { source_key: KEY.into(), message: "next_batch called before open or after close".into() });
+            return Err(PowerError::Io {
+                source_key: KEY.into(),
+                message: "next_batch called before open or after close".into(),
+            });
         }
         let clock = self.clock();
         loop {
@@ -1158,7 +1383,10 @@ impl PowerSource for EpiMeter {
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
     let c: EpiMeterConfig = parse_config(KEY, config)?;
-    let source = EpiMeter::new(c).map_err(|e| epi_framework::Error::Plugin { plugin: KEY.into(), message: e.to_string() })?;
+    let source = EpiMeter::new(c).map_err(|e| epi_framework::Error::Plugin {
+        plugin: KEY.into(),
+        message: e.to_string(),
+    })?;
     Ok(Box::new(source))
 }
 
@@ -1175,7 +1403,10 @@ mod tests {
     use super::*;
 
     fn at(ms: f64) -> Arrival {
-        Arrival { mono_ms: ms, utc_ms: 1_700_000_000_000 + ms as i64 }
+        Arrival {
+            mono_ms: ms,
+            utc_ms: 1_700_000_000_000 + ms as i64,
+        }
     }
 
     fn sample_line(seq: u32, t: u32, ch: &[(u32, f64, Option<f64>)]) -> String {
@@ -1183,10 +1414,15 @@ mod tests {
             .iter()
             .map(|(n, w, wh)| {
                 let wh = wh.map(|x| format!(",\"wh\":{x}")).unwrap_or_default();
-                format!("{{\"node\":{n},\"w\":{w},\"v\":121.3,\"a\":0.1,\"pf\":0.997,\"var\":0.9{wh}}}")
+                format!(
+                    "{{\"node\":{n},\"w\":{w},\"v\":121.3,\"a\":0.1,\"pf\":0.997,\"var\":0.9{wh}}}"
+                )
             })
             .collect();
-        format!("{{\"type\":\"sample\",\"seq\":{seq},\"t_ms\":{t},\"ch\":[{}]}}", chs.join(","))
+        format!(
+            "{{\"type\":\"sample\",\"seq\":{seq},\"t_ms\":{t},\"ch\":[{}]}}",
+            chs.join(",")
+        )
     }
 
     fn feed(s: &mut MeterStream, line: &str, ms: f64) -> Vec<PowerSample> {
@@ -1218,11 +1454,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let err = r#"{"type":"error","t_ms":104250,"node":2,"code":"ct_open","msg":"CT clamp not detected"}"#;
-        assert!(matches!(p.parse(err.as_bytes()).unwrap(), Line::Error(ErrorLine { node: Some(2), .. })));
+        assert!(matches!(
+            p.parse(err.as_bytes()).unwrap(),
+            Line::Error(ErrorLine { node: Some(2), .. })
+        ));
         // Unknown types and fields are ignored.
-        assert_eq!(p.parse(br#"{"type":"debug","x":1}"#).unwrap(), Line::Other("debug".into()));
-        let extra = sample_line(1, 2, &[(0, 1.0, None)]).replace("\"seq\"", "\"temp_c\":41.5,\"seq\"");
-        assert!(matches!(p.parse(extra.as_bytes()).unwrap(), Line::Sample(_)));
+        assert_eq!(
+            p.parse(br#"{"type":"debug","x":1}"#).unwrap(),
+            Line::Other("debug".into())
+        );
+        let extra =
+            sample_line(1, 2, &[(0, 1.0, None)]).replace("\"seq\"", "\"temp_c\":41.5,\"seq\"");
+        assert!(matches!(
+            p.parse(extra.as_bytes()).unwrap(),
+            Line::Sample(_)
+        ));
     }
 
     #[test]
@@ -1245,7 +1491,11 @@ mod tests {
         ];
         for (line, want, seq) in cases {
             let e = p.parse(line.as_bytes()).unwrap_err();
-            assert!(e.reason.contains(want), "{line}: {} (wanted {want})", e.reason);
+            assert!(
+                e.reason.contains(want),
+                "{line}: {} (wanted {want})",
+                e.reason
+            );
             assert_eq!(e.seq, seq, "{line}");
         }
     }
@@ -1261,16 +1511,37 @@ mod tests {
         let line = br#"{"kind":"s","n":3,"ms":300,"chan":[{"id":2,"watts":7.5,"cosphi":0.5,"e_wh":1.25}]}"#;
         match p.parse(line).unwrap() {
             Line::Sample(s) => {
-                assert_eq!(s.ch[0], Reading { node: 2, w: 7.5, v: None, a: None, pf: Some(0.5), wh: Some(1.25) });
+                assert_eq!(
+                    s.ch[0],
+                    Reading {
+                        node: 2,
+                        w: 7.5,
+                        v: None,
+                        a: None,
+                        pf: Some(0.5),
+                        wh: Some(1.25)
+                    }
+                );
             }
             other => panic!("{other:?}"),
         }
         // The default names no longer parse.
-        assert!(p.parse(sample_line(1, 1, &[(0, 1.0, None)]).as_bytes()).is_err());
+        assert!(p
+            .parse(sample_line(1, 1, &[(0, 1.0, None)]).as_bytes())
+            .is_err());
         let bad: Result<EpiMeterConfig, _> =
             serde_json::from_value(serde_json::json!({"port": "/dev/x", "fields": {"watt": "w"}}));
-        assert!(bad.unwrap_err().to_string().contains("unknown field `watt`"));
-        let empty = EpiMeterConfig { fields: FieldNames { w: String::new(), ..Default::default() }, ..config("/dev/x") };
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `watt`"));
+        let empty = EpiMeterConfig {
+            fields: FieldNames {
+                w: String::new(),
+                ..Default::default()
+            },
+            ..config("/dev/x")
+        };
         assert!(empty.validate().unwrap_err().contains("fields.w"));
     }
 
@@ -1293,7 +1564,10 @@ mod tests {
         s.feed(b"0123456789", 8, &mut push);
         s.feed(b"0123\nok\n", 8, &mut push);
         s.feed(b"0123456789abc\nz\n", 8, &mut push);
-        assert_eq!(got, vec!["abc", "de", "<too long>", "ok", "<too long>", "z"]);
+        assert_eq!(
+            got,
+            vec!["abc", "de", "<too long>", "ok", "<too long>", "z"]
+        );
     }
 
     #[test]
@@ -1302,12 +1576,21 @@ mod tests {
         s.connected();
         assert!(feed(&mut s, "0.99,\"var\":0.9}]}", 0.0).is_empty());
         assert_eq!(s.events[0].kind, "partial-line");
-        assert_eq!(feed(&mut s, &sample_line(1, 100, &[(0, 10.0, None)]), 10.0).len(), 1);
+        assert_eq!(
+            feed(&mut s, &sample_line(1, 100, &[(0, 10.0, None)]), 10.0).len(),
+            1
+        );
         assert!(feed(&mut s, "%%garbage%%", 20.0).is_empty());
-        assert_eq!(feed(&mut s, &sample_line(2, 200, &[(0, 10.0, None)]), 110.0).len(), 1);
+        assert_eq!(
+            feed(&mut s, &sample_line(2, 200, &[(0, 10.0, None)]), 110.0).len(),
+            1
+        );
         // A bad sample whose seq is readable is not a lost sample.
         assert!(feed(&mut s, &sample_line(3, 300, &[(0, -1.0, None)]), 210.0).is_empty());
-        assert_eq!(feed(&mut s, &sample_line(4, 400, &[(0, 10.0, None)]), 310.0).len(), 1);
+        assert_eq!(
+            feed(&mut s, &sample_line(4, 400, &[(0, 10.0, None)]), 310.0).len(),
+            1
+        );
         assert_eq!(s.stats.bad_lines, 3);
         assert_eq!(s.stats.lost_samples, 0);
         assert_eq!(s.stats.samples, 3);
@@ -1324,7 +1607,10 @@ mod tests {
         feed(&mut s, &sample_line(4, 1600, &[(0, 1.0, None)]), 600.0);
         assert_eq!(s.stats.lost_samples, 3);
         assert_eq!(s.stats.reboots, 0);
-        assert!(s.events.iter().any(|e| e.kind == "lost-samples" && e.detail.contains("3 sample(s)")));
+        assert!(s
+            .events
+            .iter()
+            .any(|e| e.kind == "lost-samples" && e.detail.contains("3 sample(s)")));
         // Duplicates are bad lines, not reboots.
         feed(&mut s, &sample_line(4, 1600, &[(0, 1.0, None)]), 610.0);
         assert_eq!((s.stats.bad_lines, s.stats.reboots), (1, 0));
@@ -1335,8 +1621,16 @@ mod tests {
         let mut s = MeterStream::new(FieldNames::default());
         let t0 = u32::MAX - 150;
         let a = feed(&mut s, &sample_line(1, t0, &[(0, 1.0, None)]), 5000.4);
-        let b = feed(&mut s, &sample_line(2, t0.wrapping_add(100), &[(0, 1.0, None)]), 5103.0);
-        let c = feed(&mut s, &sample_line(3, t0.wrapping_add(200), &[(0, 1.0, None)]), 5199.0);
+        let b = feed(
+            &mut s,
+            &sample_line(2, t0.wrapping_add(100), &[(0, 1.0, None)]),
+            5103.0,
+        );
+        let c = feed(
+            &mut s,
+            &sample_line(3, t0.wrapping_add(200), &[(0, 1.0, None)]),
+            5199.0,
+        );
         assert_eq!(a[0].t_ms, 5000.0); // anchored at the host arrival, whole ms
         assert_eq!(b[0].t_ms, 5100.0); // then the meter's clock, not the host's
         assert_eq!(c[0].t_ms, 5200.0);
@@ -1348,15 +1642,39 @@ mod tests {
     #[test]
     fn reboot_continues_the_timeline_in_host_time_and_bridges_the_counter() {
         let mut s = MeterStream::new(FieldNames::default());
-        feed(&mut s, r#"{"type":"hello","fw":"0.1.0","board":"epi-meter v1.0","channels":1,"rate_hz":10,"ic":"ATM90E26"}"#, 0.0);
-        let a = feed(&mut s, &sample_line(500, 50_000, &[(0, 10.0, Some(1.0))]), 1000.0);
-        let b = feed(&mut s, &sample_line(501, 50_100, &[(0, 20.0, Some(1.001))]), 1100.0);
+        feed(
+            &mut s,
+            r#"{"type":"hello","fw":"0.1.0","board":"epi-meter v1.0","channels":1,"rate_hz":10,"ic":"ATM90E26"}"#,
+            0.0,
+        );
+        let a = feed(
+            &mut s,
+            &sample_line(500, 50_000, &[(0, 10.0, Some(1.0))]),
+            1000.0,
+        );
+        let b = feed(
+            &mut s,
+            &sample_line(501, 50_100, &[(0, 20.0, Some(1.001))]),
+            1100.0,
+        );
         assert_eq!(a[0].energy_j, Some(3600.0));
         assert!((b[0].energy_j.unwrap() - 3603.6).abs() < 1e-9);
-        feed(&mut s, r#"{"type":"hello","fw":"0.1.0","board":"epi-meter v1.0","channels":1,"rate_hz":10,"ic":"ATM90E26"}"#, 1700.0);
+        feed(
+            &mut s,
+            r#"{"type":"hello","fw":"0.1.0","board":"epi-meter v1.0","channels":1,"rate_hz":10,"ic":"ATM90E26"}"#,
+            1700.0,
+        );
         // Rebooted: seq and t_ms restart. Host gap 1100 → 1800 ms.
-        let c = feed(&mut s, &sample_line(0, 300, &[(0, 30.0, Some(0.0005))]), 1800.2);
-        let d = feed(&mut s, &sample_line(1, 400, &[(0, 30.0, Some(0.0015))]), 1901.0);
+        let c = feed(
+            &mut s,
+            &sample_line(0, 300, &[(0, 30.0, Some(0.0005))]),
+            1800.2,
+        );
+        let d = feed(
+            &mut s,
+            &sample_line(1, 400, &[(0, 30.0, Some(0.0015))]),
+            1901.0,
+        );
         assert_eq!(s.stats.reboots, 1);
         assert_eq!(s.stats.lost_samples, 0);
         assert_eq!(c[0].t_ms, b[0].t_ms + 700.0);
@@ -1366,7 +1684,11 @@ mod tests {
         assert!((c[0].energy_j.unwrap() - bridged).abs() < 1e-9);
         assert!((d[0].energy_j.unwrap() - (bridged + 0.001 * 3600.0)).abs() < 1e-9);
         let ev = s.events.iter().find(|e| e.kind == "reboot").unwrap();
-        assert!(ev.detail.contains("new hello") && ev.detail.contains("700 ms"), "{}", ev.detail);
+        assert!(
+            ev.detail.contains("new hello") && ev.detail.contains("700 ms"),
+            "{}",
+            ev.detail
+        );
     }
 
     #[test]
@@ -1402,12 +1724,26 @@ mod tests {
     #[test]
     fn factory_validates_without_io() {
         let r = Registry::builtin();
-        assert!(r.power(KEY, &serde_json::json!({"port": "/dev/does-not-exist"})).is_ok());
-        let e = r.power(KEY, &serde_json::json!({"port": "/dev/x", "baud": 0})).err().unwrap().to_string();
+        assert!(r
+            .power(KEY, &serde_json::json!({"port": "/dev/does-not-exist"}))
+            .is_ok());
+        let e = r
+            .power(KEY, &serde_json::json!({"port": "/dev/x", "baud": 0}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("baud"), "{e}");
-        let e = r.power(KEY, &serde_json::json!({"port": "/dev/x", "bogus": 1})).err().unwrap().to_string();
+        let e = r
+            .power(KEY, &serde_json::json!({"port": "/dev/x", "bogus": 1}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown field `bogus`"), "{e}");
-        let e = r.power(KEY, &serde_json::json!({})).err().unwrap().to_string();
+        let e = r
+            .power(KEY, &serde_json::json!({}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("missing field `port`"), "{e}");
     }
 
@@ -1418,7 +1754,11 @@ mod tests {
         let mut m = EpiMeter::new(config("/dev/epi-meter-test-does-not-exist")).unwrap();
         let e = m.open().await.unwrap_err();
         assert!(matches!(e, PowerError::NotAvailable { .. }), "{e}");
-        assert!(e.to_string().contains("does not exist: is the meter plugged in?"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("does not exist: is the meter plugged in?"),
+            "{e}"
+        );
     }
 
     /// Whether socat is installed (fails under `EPI_REQUIRE_SYSTEM_TOOLS`).
@@ -1439,15 +1779,23 @@ mod tests {
     impl Drop for Socat {
         fn drop(&mut self) {
             // SIGTERM, so socat removes its links as an unplugged device node disappears.
-            let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
             let _ = self.0.wait();
         }
     }
 
     fn socat(dir: &std::path::Path) -> Socat {
         let child = std::process::Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", dir.join("meter").display()))
-            .arg(format!("pty,raw,echo=0,link={}", dir.join("host").display()))
+            .arg(format!(
+                "pty,raw,echo=0,link={}",
+                dir.join("meter").display()
+            ))
+            .arg(format!(
+                "pty,raw,echo=0,link={}",
+                dir.join("host").display()
+            ))
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn socat");
@@ -1477,11 +1825,21 @@ mod tests {
             let meter_path = meter_path.clone();
             move || {
                 use std::io::Write;
-                let mut f = std::fs::OpenOptions::new().write(true).open(&meter_path).unwrap();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&meter_path)
+                    .unwrap();
                 std::thread::sleep(Duration::from_millis(300));
                 f.write_all(b"ial\":0.9}]}\n").unwrap();
                 for i in 0..5u32 {
-                    f.write_all(format!("{}\n", sample_line(i, i * 100, &[(0, 5.0, Some(0.01)), (1, 6.0, None)])).as_bytes()).unwrap();
+                    f.write_all(
+                        format!(
+                            "{}\n",
+                            sample_line(i, i * 100, &[(0, 5.0, Some(0.01)), (1, 6.0, None)])
+                        )
+                        .as_bytes(),
+                    )
+                    .unwrap();
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -1489,24 +1847,46 @@ mod tests {
         let mut m = EpiMeter::new(cfg).unwrap();
         let info = m.open().await.unwrap();
         assert_eq!(info.method, EnergyMethod::Integrated); // node 1 sends no wh
-        assert_eq!(info.channels.iter().map(|c| c.id).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            info.channels.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         writer.join().unwrap();
         let mut samples = Vec::new();
         while samples.len() < 10 {
-            let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch()).await.unwrap().unwrap().unwrap();
+            let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             samples.extend(b.samples);
         }
         assert_eq!(m.stats().bad_lines, 1); // the partial first line
-        // Unplug: socat goes away (the link with it), then comes back on the same path.
+                                            // Unplug: socat goes away (the link with it), then comes back on the same path.
         drop(guard);
-        let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch()).await.unwrap().unwrap().unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(b.events[0].kind, "disconnected");
         let _guard = socat(dir.path());
         let w = std::thread::spawn(move || {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().write(true).open(&meter_path).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&meter_path)
+                .unwrap();
             for i in 7..40u32 {
-                if f.write_all(format!("{}\n", sample_line(i, i * 100, &[(0, 5.0, None), (1, 6.0, None)])).as_bytes()).is_err() {
+                if f.write_all(
+                    format!(
+                        "{}\n",
+                        sample_line(i, i * 100, &[(0, 5.0, None), (1, 6.0, None)])
+                    )
+                    .as_bytes(),
+                )
+                .is_err()
+                {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -1515,7 +1895,11 @@ mod tests {
         let mut events = Vec::new();
         let mut after = Vec::new();
         while after.is_empty() {
-            let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch()).await.unwrap().unwrap().unwrap();
+            let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             events.extend(b.events);
             after.extend(b.samples);
         }
@@ -1528,7 +1912,10 @@ mod tests {
         let first_after = after[0];
         let seq_after = first_after.source_t_ms.unwrap() as u32 / 100;
         assert_eq!(st.lost_samples, (seq_after - 5) as u64);
-        assert_eq!(first_after.t_ms - samples[0].t_ms, first_after.source_t_ms.unwrap());
+        assert_eq!(
+            first_after.t_ms - samples[0].t_ms,
+            first_after.source_t_ms.unwrap()
+        );
         m.close().await.unwrap();
         w.join().unwrap();
     }

@@ -22,12 +22,18 @@ pub(crate) struct HostClock {
 impl HostClock {
     /// Starts the session clock now.
     pub fn start() -> HostClock {
-        HostClock { start: Instant::now(), zero_utc_ms: utc_now_ms() }
+        HostClock {
+            start: Instant::now(),
+            zero_utc_ms: utc_now_ms(),
+        }
     }
 
     /// The time now.
     pub fn now(&self) -> Arrival {
-        Arrival { mono_ms: self.start.elapsed().as_secs_f64() * 1000.0, utc_ms: utc_now_ms() }
+        Arrival {
+            mono_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            utc_ms: utc_now_ms(),
+        }
     }
 
     /// Host UTC (epoch ms) at monotonic zero.

@@ -3,9 +3,9 @@
 
 pub mod csv;
 pub mod epi_meter;
+mod host_time;
 pub mod nvml;
 pub mod rapl;
-mod host_time;
 
 /// Forces this crate's plugin registrations into a binary that links it (linkers drop archive
 /// members nothing refers to, and `inventory` registrations are referred to by nothing).

@@ -93,7 +93,10 @@ impl NvmlConfig {
         }
         if let Some(d) = &self.devices {
             if d.is_empty() {
-                return Err("devices: expected at least one device index (or leave it out for all GPUs)".into());
+                return Err(
+                    "devices: expected at least one device index (or leave it out for all GPUs)"
+                        .into(),
+                );
             }
         }
         Ok(())
@@ -163,7 +166,10 @@ impl RealNvml {
         };
         let mut last = None;
         for lib in &candidates {
-            match nvml_wrapper::Nvml::builder().lib_path(std::ffi::OsStr::new(lib)).init() {
+            match nvml_wrapper::Nvml::builder()
+                .lib_path(std::ffi::OsStr::new(lib))
+                .init()
+            {
                 Ok(nvml) => return Ok(RealNvml { nvml }),
                 Err(e) => last = Some((lib.to_string(), e)),
             }
@@ -180,7 +186,10 @@ impl RealNvml {
             E::FailedToLoadSymbol(s) => format!("{lib} is not a usable NVML library (missing symbol {s}): driver too old?"),
             other => format!("NVML failed to start: {other}"),
         };
-        Err(PowerError::NotAvailable { source_key: KEY.into(), reason })
+        Err(PowerError::NotAvailable {
+            source_key: KEY.into(),
+            reason,
+        })
     }
 }
 
@@ -197,10 +206,16 @@ impl GpuApi for RealNvml {
         })
     }
     fn total_energy_mj(&self, index: u32) -> Result<u64, GpuError> {
-        self.nvml.device_by_index(index).and_then(|d| d.total_energy_consumption()).map_err(gpu_error)
+        self.nvml
+            .device_by_index(index)
+            .and_then(|d| d.total_energy_consumption())
+            .map_err(gpu_error)
     }
     fn power_mw(&self, index: u32) -> Result<u32, GpuError> {
-        self.nvml.device_by_index(index).and_then(|d| d.power_usage()).map_err(gpu_error)
+        self.nvml
+            .device_by_index(index)
+            .and_then(|d| d.power_usage())
+            .map_err(gpu_error)
     }
     fn driver_version(&self) -> Option<String> {
         self.nvml.sys_driver_version().ok()
@@ -261,9 +276,18 @@ fn sample(channel: u32, at: Arrival, watts: f64, energy_j: Option<f64>) -> Power
 
 impl Sampler {
     /// Probes the GPUs (which have a counter) and takes the first readings.
-    pub fn open(api: Box<dyn GpuApi>, config: &NvmlConfig, now: impl Fn() -> Arrival) -> Result<(Sampler, SourceInfo), PowerError> {
-        let na = |reason: String| PowerError::NotAvailable { source_key: KEY.into(), reason };
-        let count = api.device_count().map_err(|e| na(format!("NVML cannot count the GPUs: {e}")))?;
+    pub fn open(
+        api: Box<dyn GpuApi>,
+        config: &NvmlConfig,
+        now: impl Fn() -> Arrival,
+    ) -> Result<(Sampler, SourceInfo), PowerError> {
+        let na = |reason: String| PowerError::NotAvailable {
+            source_key: KEY.into(),
+            reason,
+        };
+        let count = api
+            .device_count()
+            .map_err(|e| na(format!("NVML cannot count the GPUs: {e}")))?;
         if count == 0 {
             return Err(na("NVML is installed but sees no NVIDIA GPU".into()));
         }
@@ -284,30 +308,48 @@ impl Sampler {
         let mut gpu_details = Vec::new();
         for (channel, &index) in indices.iter().enumerate() {
             let channel = channel as u32;
-            let desc = api.describe(index).map_err(|e| na(format!("GPU {index}: cannot read its name: {e}")))?;
+            let desc = api
+                .describe(index)
+                .map_err(|e| na(format!("GPU {index}: cannot read its name: {e}")))?;
             let counter = match config.mode {
                 NvmlMode::Power => None,
                 NvmlMode::Auto => match api.total_energy_mj(index) {
                     Ok(v) => Some(v),
                     Err(GpuError::NotSupported) => None,
-                    Err(e) => return Err(na(format!("GPU {index} ({}): cannot read its energy counter: {e}", desc.name))),
+                    Err(e) => {
+                        return Err(na(format!(
+                            "GPU {index} ({}): cannot read its energy counter: {e}",
+                            desc.name
+                        )))
+                    }
                 },
             };
             if counter.is_none() {
                 // Power must work then.
                 api.power_mw(index).map_err(|e| {
-                    na(format!("GPU {index} ({}) has no energy counter and cannot report power: {e}", desc.name))
+                    na(format!(
+                        "GPU {index} ({}) has no energy counter and cannot report power: {e}",
+                        desc.name
+                    ))
                 })?;
             }
             let at = now();
-            let mode = if counter.is_some() { Mode::Counter } else { Mode::Power };
+            let mode = if counter.is_some() {
+                Mode::Counter
+            } else {
+                Mode::Power
+            };
             let label = format!("GPU {index} {}", desc.name);
             gpu_details.push(serde_json::json!({
                 "channel": channel, "index": index, "name": desc.name, "uuid": desc.uuid,
                 "architecture": desc.architecture,
                 "method": if mode == Mode::Counter { "counter" } else { "integrated" },
             }));
-            channels.push(ChannelInfo { id: channel, name: label.clone(), scope: "gpu".into() });
+            channels.push(ChannelInfo {
+                id: channel,
+                name: label.clone(),
+                scope: "gpu".into(),
+            });
             gpus.push(Gpu {
                 channel,
                 index,
@@ -327,9 +369,15 @@ impl Sampler {
         let names: Vec<&str> = gpus.iter().map(|g| g.label.as_str()).collect();
         let mut details = Map::new();
         details.insert("gpus".into(), Value::Array(gpu_details));
-        details.insert("driver_version".into(), driver.clone().map(Value::from).unwrap_or(Value::Null));
+        details.insert(
+            "driver_version".into(),
+            driver.clone().map(Value::from).unwrap_or(Value::Null),
+        );
         details.insert("interval_ms".into(), Value::from(config.interval_ms));
-        details.insert("timeline".into(), Value::from("host monotonic clock (read time)"));
+        details.insert(
+            "timeline".into(),
+            Value::from("host monotonic clock (read time)"),
+        );
         details.insert(
             "energy".into(),
             Value::from(if all_counter {
@@ -340,7 +388,11 @@ impl Sampler {
         );
         let info = SourceInfo {
             source: KEY.into(),
-            method: if all_counter { EnergyMethod::Counter } else { EnergyMethod::Integrated },
+            method: if all_counter {
+                EnergyMethod::Counter
+            } else {
+                EnergyMethod::Integrated
+            },
             instrument: format!(
                 "NVIDIA NVML: {}{}",
                 names.join(", "),
@@ -367,7 +419,11 @@ impl Sampler {
         self.stats.bad_lines += 1;
         self.error_events += 1;
         if self.error_events <= MAX_ERROR_EVENTS {
-            self.events.push(SourceEvent { host_mono_ms: at, kind: "read-error".into(), detail });
+            self.events.push(SourceEvent {
+                host_mono_ms: at,
+                kind: "read-error".into(),
+                detail,
+            });
         }
     }
 
@@ -384,7 +440,11 @@ impl Sampler {
     }
 
     /// Reads every GPU once; samples go to `out`.
-    pub fn poll(&mut self, now: impl Fn() -> Arrival, out: &mut Vec<PowerSample>) -> Result<(), PowerError> {
+    pub fn poll(
+        &mut self,
+        now: impl Fn() -> Arrival,
+        out: &mut Vec<PowerSample>,
+    ) -> Result<(), PowerError> {
         let before = out.len();
         for i in 0..self.gpus.len() {
             let (index, mode) = (self.gpus[i].index, self.gpus[i].mode);
@@ -398,10 +458,17 @@ impl Sampler {
                 Ok(v) => v,
                 Err(e) => {
                     if stalled {
-                        return Err(self.no_energy(&self.gpus[i], at.mono_ms, &format!("could not be read ({e})")));
+                        return Err(self.no_energy(
+                            &self.gpus[i],
+                            at.mono_ms,
+                            &format!("could not be read ({e})"),
+                        ));
                     }
                     let label = self.gpus[i].label.clone();
-                    self.read_error(at.mono_ms, format!("{label}: read failed: {e}; this interval is missing, not zero"));
+                    self.read_error(
+                        at.mono_ms,
+                        format!("{label}: read failed: {e}; this interval is missing, not zero"),
+                    );
                     continue;
                 }
             };
@@ -422,7 +489,11 @@ impl Sampler {
                     let raw = value as u64;
                     if raw == g.last_mj {
                         if stalled {
-                            return Err(self.no_energy(&self.gpus[i], at.mono_ms, "reported no energy (its counter did not move)"));
+                            return Err(self.no_energy(
+                                &self.gpus[i],
+                                at.mono_ms,
+                                "reported no energy (its counter did not move)",
+                            ));
                         }
                         continue;
                     }
@@ -442,7 +513,11 @@ impl Sampler {
                         let e = (g.carried_mj) / 1000.0;
                         let (ch, w) = (g.channel, g.last_watts);
                         out.push(sample(ch, at, w, Some(e)));
-                        self.events.push(SourceEvent { host_mono_ms: at.mono_ms, kind: "counter-reset".into(), detail });
+                        self.events.push(SourceEvent {
+                            host_mono_ms: at.mono_ms,
+                            kind: "counter-reset".into(),
+                            detail,
+                        });
                         continue;
                     }
                     let watts = (raw - g.last_mj) as f64 / dt; // mJ per ms = W
@@ -478,21 +553,34 @@ pub struct NvmlSource {
 
 impl std::fmt::Debug for NvmlSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NvmlSource").field("config", &self.config).finish()
+        f.debug_struct("NvmlSource")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl NvmlSource {
     /// A source for `config` (no I/O until [`PowerSource::open`]).
     pub fn new(config: NvmlConfig) -> Result<NvmlSource, PowerError> {
-        config.validate().map_err(|message| PowerError::Config { source_key: KEY.into(), message })?;
-        Ok(NvmlSource { config, clock: None, sampler: None, ticker: None })
+        config.validate().map_err(|message| PowerError::Config {
+            source_key: KEY.into(),
+            message,
+        })?;
+        Ok(NvmlSource {
+            config,
+            clock: None,
+            sampler: None,
+            ticker: None,
+        })
     }
 
     async fn open_with(&mut self, api: Box<dyn GpuApi>) -> Result<SourceInfo, PowerError> {
         let clock = HostClock::start();
         let (sampler, mut info) = Sampler::open(api, &self.config, || clock.now())?;
-        info.details.insert("timeline_zero_utc_ms".into(), Value::from(clock.zero_utc_ms()));
+        info.details.insert(
+            "timeline_zero_utc_ms".into(),
+            Value::from(clock.zero_utc_ms()),
+        );
         let mut ticker = tokio::time::interval(Duration::from_millis(self.config.interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -511,21 +599,32 @@ impl PowerSource for NvmlSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<SampleBatch>, PowerError> {
-        let (Some(clock), Some(sampler), Some(ticker)) = (self.clock, self.sampler.as_mut(), self.ticker.as_mut()) else {
-            return Err(PowerError::Io { source_key: KEY.into(), message: "next_batch called before open or after close".into() });
+        let (Some(clock), Some(sampler), Some(ticker)) =
+            (self.clock, self.sampler.as_mut(), self.ticker.as_mut())
+        else {
+            return Err(PowerError::Io {
+                source_key: KEY.into(),
+                message: "next_batch called before open or after close".into(),
+            });
         };
         let mut samples = Vec::new();
         loop {
             ticker.tick().await;
             sampler.poll(|| clock.now(), &mut samples)?;
             if !samples.is_empty() || !sampler.events.is_empty() {
-                return Ok(Some(SampleBatch { samples, events: std::mem::take(&mut sampler.events) }));
+                return Ok(Some(SampleBatch {
+                    samples,
+                    events: std::mem::take(&mut sampler.events),
+                }));
             }
         }
     }
 
     fn stats(&self) -> SourceStats {
-        self.sampler.as_ref().map(|s| s.stats.clone()).unwrap_or_default()
+        self.sampler
+            .as_ref()
+            .map(|s| s.stats.clone())
+            .unwrap_or_default()
     }
 
     async fn close(&mut self) -> Result<(), PowerError> {
@@ -537,7 +636,10 @@ impl PowerSource for NvmlSource {
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
     let c: NvmlConfig = parse_config(KEY, config)?;
-    let source = NvmlSource::new(c).map_err(|e| epi_framework::Error::Plugin { plugin: KEY.into(), message: e.to_string() })?;
+    let source = NvmlSource::new(c).map_err(|e| epi_framework::Error::Plugin {
+        plugin: KEY.into(),
+        message: e.to_string(),
+    })?;
     Ok(Box::new(source))
 }
 
@@ -574,7 +676,15 @@ mod tests {
 
     impl FakeGpu {
         fn volta(power: fn(f64) -> f64) -> FakeGpu {
-            FakeGpu { name: "NVIDIA H100 80GB HBM3", has_counter: true, update_ms: 100.0, power, frozen: false, lost: None, reset_at: None }
+            FakeGpu {
+                name: "NVIDIA H100 80GB HBM3",
+                has_counter: true,
+                update_ms: 100.0,
+                power,
+                frozen: false,
+                lost: None,
+                reset_at: None,
+            }
         }
         /// Exact energy from 0 to `t`, mJ, by summing 1 ms trapezoids.
         fn energy_mj(&self, t: f64) -> f64 {
@@ -601,10 +711,15 @@ mod tests {
             *self.now.lock().unwrap()
         }
         fn gpu(&self, i: u32) -> Result<&FakeGpu, GpuError> {
-            let g = self.gpus.get(i as usize).ok_or_else(|| GpuError::Failed("Invalid Argument".into()))?;
+            let g = self
+                .gpus
+                .get(i as usize)
+                .ok_or_else(|| GpuError::Failed("Invalid Argument".into()))?;
             let t = self.t();
             if g.lost.is_some_and(|(a, b)| t >= a && t < b) {
-                return Err(GpuError::Failed("the GPU has fallen off the bus or has otherwise become inaccessible".into()));
+                return Err(GpuError::Failed(
+                    "the GPU has fallen off the bus or has otherwise become inaccessible".into(),
+                ));
             }
             Ok(g)
         }
@@ -616,7 +731,11 @@ mod tests {
         }
         fn describe(&self, i: u32) -> Result<GpuDescription, GpuError> {
             let g = self.gpu(i)?;
-            Ok(GpuDescription { name: g.name.into(), uuid: Some(format!("GPU-fake-{i}")), architecture: None })
+            Ok(GpuDescription {
+                name: g.name.into(),
+                uuid: Some(format!("GPU-fake-{i}")),
+                architecture: None,
+            })
         }
         fn total_energy_mj(&self, i: u32) -> Result<u64, GpuError> {
             let g = self.gpu(i)?;
@@ -629,7 +748,9 @@ mod tests {
             let t = self.t();
             let updated = (t / g.update_ms).floor() * g.update_ms;
             match g.reset_at {
-                Some(r) if updated >= r => Ok((g.energy_mj(updated) - g.energy_mj(r)).floor() as u64),
+                Some(r) if updated >= r => {
+                    Ok((g.energy_mj(updated) - g.energy_mj(r)).floor() as u64)
+                }
                 _ => Ok(self.base_mj + g.energy_mj(updated).floor() as u64),
             }
         }
@@ -650,14 +771,22 @@ mod tests {
 
     fn rig(gpus: Vec<FakeGpu>, config: NvmlConfig) -> Result<Rig, PowerError> {
         let now = Arc::new(Mutex::new(0.0));
-        let api = FakeNvml { now: now.clone(), gpus, base_mj: 123_456_789 };
+        let api = FakeNvml {
+            now: now.clone(),
+            gpus,
+            base_mj: 123_456_789,
+        };
         let n2 = now.clone();
-        let (sampler, info) = Sampler::open(Box::new(api), &config, move || at(*n2.lock().unwrap()))?;
+        let (sampler, info) =
+            Sampler::open(Box::new(api), &config, move || at(*n2.lock().unwrap()))?;
         Ok(Rig { now, sampler, info })
     }
 
     fn at(ms: f64) -> Arrival {
-        Arrival { mono_ms: ms, utc_ms: ms as i64 }
+        Arrival {
+            mono_ms: ms,
+            utc_ms: ms as i64,
+        }
     }
 
     impl Rig {
@@ -665,7 +794,8 @@ mod tests {
             *self.now.lock().unwrap() = t;
             let mut out = Vec::new();
             let now = self.now.clone();
-            self.sampler.poll(move || at(*now.lock().unwrap()), &mut out)?;
+            self.sampler
+                .poll(move || at(*now.lock().unwrap()), &mut out)?;
             Ok(out)
         }
     }
@@ -676,7 +806,11 @@ mod tests {
 
     #[test]
     fn volta_counter_is_delivered_when_it_moves_and_matches_the_true_energy() {
-        let mut r = rig(vec![FakeGpu::volta(|t| 200.0 + 100.0 * (t / 300.0).sin())], config()).unwrap();
+        let mut r = rig(
+            vec![FakeGpu::volta(|t| 200.0 + 100.0 * (t / 300.0).sin())],
+            config(),
+        )
+        .unwrap();
         assert_eq!(r.info.method, EnergyMethod::Counter);
         assert_eq!(r.info.channels[0].name, "GPU 0 NVIDIA H100 80GB HBM3");
         let mut all = Vec::new();
@@ -694,9 +828,16 @@ mod tests {
         let last_update = (last.t_ms / 100.0).floor() * 100.0;
         assert_eq!(last_update, 2000.0);
         let truth_j = (gpu.energy_mj(last_update).floor() - gpu.energy_mj(0.0).floor()) / 1000.0;
-        assert!((last.energy_j.unwrap() - truth_j).abs() < 1e-3, "{} vs {truth_j}", last.energy_j.unwrap());
+        assert!(
+            (last.energy_j.unwrap() - truth_j).abs() < 1e-3,
+            "{} vs {truth_j}",
+            last.energy_j.unwrap()
+        );
         // Counter-derived watts integrate back to the counter exactly.
-        let integral: f64 = all.windows(2).map(|w| w[1].watts * (w[1].t_ms - w[0].t_ms) / 1000.0).sum();
+        let integral: f64 = all
+            .windows(2)
+            .map(|w| w[1].watts * (w[1].t_ms - w[0].t_ms) / 1000.0)
+            .sum();
         assert!((integral - (last.energy_j.unwrap() - all[0].energy_j.unwrap())).abs() < 1e-9);
     }
 
@@ -724,13 +865,21 @@ mod tests {
         assert!(r.poll_at(500.0).unwrap().is_empty());
         let e = r.poll_at(1200.0).unwrap_err();
         assert!(matches!(e, PowerError::Measurement { .. }));
-        assert!(e.to_string().contains("reported no energy") && e.to_string().contains("refusing to report zero"), "{e}");
+        assert!(
+            e.to_string().contains("reported no energy")
+                && e.to_string().contains("refusing to report zero"),
+            "{e}"
+        );
         // The same for a power-only GPU reading 0 W.
         let mut g = FakeGpu::volta(|_| 0.0);
         g.has_counter = false;
         let mut r = rig(vec![g], config()).unwrap();
         assert!(r.poll_at(100.0).unwrap().is_empty());
-        assert!(r.poll_at(1500.0).unwrap_err().to_string().contains("reported 0 W"));
+        assert!(r
+            .poll_at(1500.0)
+            .unwrap_err()
+            .to_string()
+            .contains("reported 0 W"));
     }
 
     #[test]
@@ -750,7 +899,11 @@ mod tests {
         let mut r = rig(vec![g], config()).unwrap();
         r.poll_at(100.0).unwrap();
         assert!(r.poll_at(200.0).unwrap().is_empty());
-        assert!(r.poll_at(1200.0).unwrap_err().to_string().contains("could not be read"));
+        assert!(r
+            .poll_at(1200.0)
+            .unwrap_err()
+            .to_string()
+            .contains("could not be read"));
     }
 
     #[test]
@@ -778,10 +931,18 @@ mod tests {
         let e = rig(vec![FakeGpu::volta(|_| 1.0)], c).err().unwrap();
         assert!(e.to_string().contains("GPU index 3 does not exist"), "{e}");
         // A library that is not there: the real loader's failure, as on a machine without a driver.
-        let e = RealNvml::init(Some("libnvidia-ml-epi-test-missing.so.1")).err().unwrap();
+        let e = RealNvml::init(Some("libnvidia-ml-epi-test-missing.so.1"))
+            .err()
+            .unwrap();
         assert!(matches!(e, PowerError::NotAvailable { .. }));
-        assert!(e.to_string().contains("cannot load the NVML library"), "{e}");
-        assert!(e.to_string().contains("No NVIDIA driver is installed"), "{e}");
+        assert!(
+            e.to_string().contains("cannot load the NVML library"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("No NVIDIA driver is installed"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -805,9 +966,17 @@ mod tests {
     fn configuration_is_checked_without_io() {
         let r = epi_framework::Registry::builtin();
         assert!(r.power(KEY, &serde_json::json!({})).is_ok());
-        let e = r.power(KEY, &serde_json::json!({"stall_limit_ms": 50})).err().unwrap().to_string();
+        let e = r
+            .power(KEY, &serde_json::json!({"stall_limit_ms": 50}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("stall_limit_ms"), "{e}");
-        let e = r.power(KEY, &serde_json::json!({"mode": "guess"})).err().unwrap().to_string();
+        let e = r
+            .power(KEY, &serde_json::json!({"mode": "guess"}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown variant `guess`"), "{e}");
     }
 
@@ -821,17 +990,29 @@ mod tests {
         let mut s = NvmlSource::new(config()).unwrap();
         let info = s.open().await.expect("NVML available (EPI_NVML_TEST=1)");
         assert!(!info.channels.is_empty());
-        eprintln!("{} ({:?}): {:?}", info.instrument, info.method, info.channels);
+        eprintln!(
+            "{} ({:?}): {:?}",
+            info.instrument, info.method, info.channels
+        );
         let mut samples = Vec::new();
         let start = std::time::Instant::now();
         while start.elapsed() < Duration::from_secs(2) {
-            let b = s.next_batch().await.expect("readings").expect("a live source does not end");
+            let b = s
+                .next_batch()
+                .await
+                .expect("readings")
+                .expect("a live source does not end");
             samples.extend(b.samples);
         }
         for ch in &info.channels {
             let v: Vec<&PowerSample> = samples.iter().filter(|s| s.channel == ch.id).collect();
             assert!(v.len() >= 2, "{}: {} samples in 2 s", ch.name, v.len());
-            assert!(v.iter().all(|s| s.watts > 0.0 && s.watts < 5000.0), "{}: {:?}", ch.name, v);
+            assert!(
+                v.iter().all(|s| s.watts > 0.0 && s.watts < 5000.0),
+                "{}: {:?}",
+                ch.name,
+                v
+            );
             if info.method == EnergyMethod::Counter {
                 let e: Vec<f64> = v.iter().map(|s| s.energy_j.unwrap()).collect();
                 assert!(e.windows(2).all(|w| w[1] > w[0]), "{}: {e:?}", ch.name);

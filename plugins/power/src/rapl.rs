@@ -81,11 +81,17 @@ impl RaplConfig {
             return Err("interval_ms: expected a polling period > 0 ms".into());
         }
         if self.domains.is_empty() {
-            return Err(format!("domains: expected at least one of {}", DOMAIN_KINDS.join(", ")));
+            return Err(format!(
+                "domains: expected at least one of {}",
+                DOMAIN_KINDS.join(", ")
+            ));
         }
         for d in &self.domains {
             if !DOMAIN_KINDS.contains(&d.as_str()) {
-                return Err(format!("domains: unknown zone kind `{d}`; expected one of {}", DOMAIN_KINDS.join(", ")));
+                return Err(format!(
+                    "domains: unknown zone kind `{d}`; expected one of {}",
+                    DOMAIN_KINDS.join(", ")
+                ));
             }
         }
         if self.stall_limit_ms <= self.interval_ms {
@@ -146,7 +152,10 @@ fn scope_of(kind: &str) -> &'static str {
 }
 
 fn not_available(reason: String) -> PowerError {
-    PowerError::NotAvailable { source_key: KEY.into(), reason }
+    PowerError::NotAvailable {
+        source_key: KEY.into(),
+        reason,
+    }
 }
 
 /// Every RAPL zone under `root`, sorted by prefix and indices.
@@ -160,13 +169,19 @@ pub(crate) fn discover(root: &Path) -> Result<Vec<Zone>, PowerError> {
     let mut zones = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(key) = file_name.to_str() else { continue };
-        let Some((prefix, rest)) = ["intel-rapl:", "amd-rapl:"].iter().find_map(|p| key.strip_prefix(p).map(|r| (p, r)))
+        let Some(key) = file_name.to_str() else {
+            continue;
+        };
+        let Some((prefix, rest)) = ["intel-rapl:", "amd-rapl:"]
+            .iter()
+            .find_map(|p| key.strip_prefix(p).map(|r| (p, r)))
         else {
             continue;
         };
         let indices: Option<Vec<u32>> = rest.split(':').map(|x| x.parse().ok()).collect();
-        let Some(indices) = indices.filter(|v| (1..=2).contains(&v.len())) else { continue };
+        let Some(indices) = indices.filter(|v| (1..=2).contains(&v.len())) else {
+            continue;
+        };
         let dir = root.join(key);
         let name_path = dir.join("name");
         let name = std::fs::read_to_string(&name_path)
@@ -184,10 +199,16 @@ pub(crate) fn discover(root: &Path) -> Result<Vec<Zone>, PowerError> {
     }
     zones.sort_by(|a, b| (&a.prefix, &a.indices).cmp(&(&b.prefix, &b.indices)));
     // Sub-zones are named after their package: `package-0/dram`.
-    let parents: Vec<(String, u32, String)> =
-        zones.iter().filter(|z| z.indices.len() == 1).map(|z| (z.prefix.clone(), z.indices[0], z.name.clone())).collect();
+    let parents: Vec<(String, u32, String)> = zones
+        .iter()
+        .filter(|z| z.indices.len() == 1)
+        .map(|z| (z.prefix.clone(), z.indices[0], z.name.clone()))
+        .collect();
     for z in zones.iter_mut().filter(|z| z.indices.len() == 2) {
-        if let Some((_, _, parent)) = parents.iter().find(|(p, i, _)| *p == z.prefix && *i == z.indices[0]) {
+        if let Some((_, _, parent)) = parents
+            .iter()
+            .find(|(p, i, _)| *p == z.prefix && *i == z.indices[0])
+        {
             z.channel_name = format!("{parent}/{}", z.name);
         }
     }
@@ -248,14 +269,19 @@ pub struct Rapl {
 
 impl std::fmt::Debug for Rapl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rapl").field("config", &self.config).finish()
+        f.debug_struct("Rapl")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
 impl Rapl {
     /// A source for `config` (no I/O until [`PowerSource::open`]).
     pub fn new(config: RaplConfig) -> Result<Rapl, PowerError> {
-        config.validate().map_err(|message| PowerError::Config { source_key: KEY.into(), message })?;
+        config.validate().map_err(|message| PowerError::Config {
+            source_key: KEY.into(),
+            message,
+        })?;
         Ok(Rapl {
             config,
             clock: None,
@@ -268,15 +294,26 @@ impl Rapl {
     }
 
     fn selected(&self, zones: Vec<Zone>) -> Vec<Zone> {
-        zones.into_iter().filter(|z| self.config.domains.iter().any(|d| d == z.kind)).collect()
+        zones
+            .into_iter()
+            .filter(|z| self.config.domains.iter().any(|d| d == z.kind))
+            .collect()
     }
 
     fn bad_reading(&mut self, at: f64, detail: String) {
         self.stats.bad_lines += 1;
         self.error_events += 1;
         if self.error_events <= MAX_ERROR_EVENTS {
-            let suffix = if self.error_events == MAX_ERROR_EVENTS { " (further read errors are only counted)" } else { "" };
-            self.events.push(SourceEvent { host_mono_ms: at, kind: "read-error".into(), detail: format!("{detail}{suffix}") });
+            let suffix = if self.error_events == MAX_ERROR_EVENTS {
+                " (further read errors are only counted)"
+            } else {
+                ""
+            };
+            self.events.push(SourceEvent {
+                host_mono_ms: at,
+                kind: "read-error".into(),
+                detail: format!("{detail}{suffix}"),
+            });
         }
     }
 
@@ -296,14 +333,24 @@ impl Rapl {
                     if since_change > stall {
                         return Err(PowerError::Measurement {
                             source_key: KEY.into(),
-                            message: format!("{}: no reading for {since_change:.0} ms: {reason}", d.name),
+                            message: format!(
+                                "{}: no reading for {since_change:.0} ms: {reason}",
+                                d.name
+                            ),
                         });
                     }
-                    self.bad_reading(now.mono_ms, format!("{}: {reason}; this interval is missing, not zero", d.name));
+                    self.bad_reading(
+                        now.mono_ms,
+                        format!("{}: {reason}; this interval is missing, not zero", d.name),
+                    );
                     continue;
                 }
             };
-            let delta = if raw >= d.last_raw { raw - d.last_raw } else { d.range.saturating_sub(d.last_raw) + raw };
+            let delta = if raw >= d.last_raw {
+                raw - d.last_raw
+            } else {
+                d.range.saturating_sub(d.last_raw) + raw
+            };
             let dt = now.mono_ms - d.last_t;
             if delta == 0 {
                 if since_change > stall {
@@ -367,7 +414,10 @@ impl PowerSource for Rapl {
                 root.display()
             )));
         }
-        let kinds_found: Vec<String> = all.iter().map(|z| format!("{} ({})", z.channel_name, z.kind)).collect();
+        let kinds_found: Vec<String> = all
+            .iter()
+            .map(|z| format!("{} ({})", z.channel_name, z.kind))
+            .collect();
         let zones = self.selected(all);
         if zones.is_empty() {
             return Err(not_available(format!(
@@ -385,7 +435,12 @@ impl PowerSource for Rapl {
             let energy_path = z.dir.join("energy_uj");
             let range = match read_u64(&range_path) {
                 Ok(r) if r > 0 => r,
-                Ok(_) => return Err(not_available(format!("{}: a counter range of 0 µJ", range_path.display()))),
+                Ok(_) => {
+                    return Err(not_available(format!(
+                        "{}: a counter range of 0 µJ",
+                        range_path.display()
+                    )))
+                }
                 Err(e) => {
                     unreadable.push(read_error_reason(&range_path, &e));
                     continue;
@@ -441,8 +496,14 @@ impl PowerSource for Rapl {
         details.insert("sysfs_root".into(), Value::from(root.display().to_string()));
         details.insert("zones".into(), Value::Array(zone_details));
         details.insert("interval_ms".into(), Value::from(self.config.interval_ms));
-        details.insert("timeline".into(), Value::from("host monotonic clock (read time)"));
-        details.insert("timeline_zero_utc_ms".into(), Value::from(clock.zero_utc_ms()));
+        details.insert(
+            "timeline".into(),
+            Value::from("host monotonic clock (read time)"),
+        );
+        details.insert(
+            "timeline_zero_utc_ms".into(),
+            Value::from(clock.zero_utc_ms()),
+        );
         details.insert(
             "energy".into(),
             Value::from("counter: energy_uj unwrapped with max_energy_range_uj; watts are the mean power since the previous reading"),
@@ -463,7 +524,11 @@ impl PowerSource for Rapl {
             channels: zones
                 .iter()
                 .enumerate()
-                .map(|(id, z)| ChannelInfo { id: id as u32, name: z.channel_name.clone(), scope: scope_of(z.kind).into() })
+                .map(|(id, z)| ChannelInfo {
+                    id: id as u32,
+                    name: z.channel_name.clone(),
+                    scope: scope_of(z.kind).into(),
+                })
                 .collect(),
             replay: false,
             details,
@@ -472,7 +537,10 @@ impl PowerSource for Rapl {
 
     async fn next_batch(&mut self) -> Result<Option<SampleBatch>, PowerError> {
         let (Some(clock), Some(mut ticker)) = (self.clock, self.ticker.take()) else {
-            return Err(PowerError::Io { source_key: KEY.into(), message: "next_batch called before open or after close".into() });
+            return Err(PowerError::Io {
+                source_key: KEY.into(),
+                message: "next_batch called before open or after close".into(),
+            });
         };
         let mut samples = Vec::new();
         let result = loop {
@@ -486,7 +554,10 @@ impl PowerSource for Rapl {
         };
         self.ticker = Some(ticker);
         result?;
-        Ok(Some(SampleBatch { samples, events: std::mem::take(&mut self.events) }))
+        Ok(Some(SampleBatch {
+            samples,
+            events: std::mem::take(&mut self.events),
+        }))
     }
 
     fn stats(&self) -> SourceStats {
@@ -510,7 +581,10 @@ fn cpu_model() -> Option<String> {
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
     let c: RaplConfig = parse_config(KEY, config)?;
-    let source = Rapl::new(c).map_err(|e| epi_framework::Error::Plugin { plugin: KEY.into(), message: e.to_string() })?;
+    let source = Rapl::new(c).map_err(|e| epi_framework::Error::Plugin {
+        plugin: KEY.into(),
+        message: e.to_string(),
+    })?;
     Ok(Box::new(source))
 }
 
@@ -567,7 +641,10 @@ mod tests {
         fake_tree(dir.path());
         let z = discover(dir.path()).unwrap();
         let names: Vec<&str> = z.iter().map(|z| z.channel_name.as_str()).collect();
-        assert_eq!(names, vec!["package-0", "package-0/core", "package-0/dram", "package-1"]);
+        assert_eq!(
+            names,
+            vec!["package-0", "package-0/core", "package-0/dram", "package-1"]
+        );
         assert_eq!(z[2].kind, "dram");
     }
 
@@ -590,7 +667,11 @@ mod tests {
         // Baseline and first reading of each channel.
         assert_eq!(b.samples.len(), 6);
         let e = |b: &SampleBatch, ch: u32| -> Vec<f64> {
-            b.samples.iter().filter(|x| x.channel == ch).map(|x| x.energy_j.unwrap()).collect()
+            b.samples
+                .iter()
+                .filter(|x| x.channel == ch)
+                .map(|x| x.energy_j.unwrap())
+                .collect()
         };
         assert_eq!(e(&b, 0), vec![0.0, 0.0005]);
         assert_eq!(e(&b, 1), vec![0.0, 0.001]);
@@ -607,7 +688,13 @@ mod tests {
         assert_eq!(e(&b, 0), vec![0.005]);
         assert!(e(&b, 1).is_empty());
         assert_eq!(e(&b, 2), vec![0.002]);
-        assert!(b.events.iter().any(|ev| ev.kind == "read-error" && ev.detail.contains("missing, not zero")), "{:?}", b.events);
+        assert!(
+            b.events
+                .iter()
+                .any(|ev| ev.kind == "read-error" && ev.detail.contains("missing, not zero")),
+            "{:?}",
+            b.events
+        );
         assert_eq!(s.stats().bad_lines, 1);
 
         set(root, "intel-rapl:0", 5_000);
@@ -628,7 +715,11 @@ mod tests {
         let mut s = source(root);
         s.config.max_plausible_watts = 1000.0;
         s.config.domains = vec!["package".into()];
-        fs::write(root.join("intel-rapl:0/max_energy_range_uj"), "262143328850\n").unwrap();
+        fs::write(
+            root.join("intel-rapl:0/max_energy_range_uj"),
+            "262143328850\n",
+        )
+        .unwrap();
         s.open().await.unwrap();
         set(root, "intel-rapl:0", 999_100); // 100 µJ in ~10 ms: 10 W
         set(root, "intel-rapl:1", 70_100);
@@ -637,11 +728,22 @@ mod tests {
         set(root, "intel-rapl:1", 70_200);
         let b = s.next_batch().await.unwrap().unwrap();
         assert!(b.samples.iter().all(|x| x.channel != 0));
-        assert!(b.events.iter().any(|e| e.detail.contains("max_plausible_watts")), "{:?}", b.events);
+        assert!(
+            b.events
+                .iter()
+                .any(|e| e.detail.contains("max_plausible_watts")),
+            "{:?}",
+            b.events
+        );
         set(root, "intel-rapl:0", 999_300);
         set(root, "intel-rapl:1", 70_300);
         let b = s.next_batch().await.unwrap().unwrap();
-        let p: Vec<f64> = b.samples.iter().filter(|x| x.channel == 0).map(|x| x.energy_j.unwrap()).collect();
+        let p: Vec<f64> = b
+            .samples
+            .iter()
+            .filter(|x| x.channel == 0)
+            .map(|x| x.energy_j.unwrap())
+            .collect();
         assert_eq!(p, vec![0.0003]);
     }
 
@@ -653,7 +755,10 @@ mod tests {
         let mut s = source(root);
         s.config.domains = vec!["package".into()];
         s.open().await.unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(5), s.next_batch()).await.unwrap().unwrap_err();
+        let e = tokio::time::timeout(Duration::from_secs(5), s.next_batch())
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(matches!(e, PowerError::Measurement { .. }), "{e}");
         assert!(e.to_string().contains("did not change"), "{e}");
     }
@@ -670,7 +775,10 @@ mod tests {
             Path::new("/sys/class/powercap/intel-rapl:0/energy_uj"),
             &std::io::Error::from(std::io::ErrorKind::PermissionDenied),
         );
-        assert!(e.contains("readable only by root") && e.contains("chmod a+r"), "{e}");
+        assert!(
+            e.contains("readable only by root") && e.contains("chmod a+r"),
+            "{e}"
+        );
 
         // A real permission error where the test can produce one (not as root: root reads
         // anything; the end-to-end test runs `epi` as an unprivileged user for that case).
@@ -681,17 +789,31 @@ mod tests {
         if fs::read_to_string(&f).is_err() {
             let e = source(dir.path()).open().await.unwrap_err();
             assert!(matches!(e, PowerError::NotAvailable { .. }));
-            assert!(e.to_string().contains("intel-rapl:1/energy_uj is not readable"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("intel-rapl:1/energy_uj is not readable"),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn configuration_is_checked_without_io() {
         let r = epi_framework::Registry::builtin();
-        assert!(r.power(KEY, &serde_json::json!({"sysfs_root": "/nonexistent"})).is_ok());
-        let e = r.power(KEY, &serde_json::json!({"domains": ["gpu"]})).err().unwrap().to_string();
+        assert!(r
+            .power(KEY, &serde_json::json!({"sysfs_root": "/nonexistent"}))
+            .is_ok());
+        let e = r
+            .power(KEY, &serde_json::json!({"domains": ["gpu"]}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown zone kind `gpu`"), "{e}");
-        let e = r.power(KEY, &serde_json::json!({"port": "/dev/ttyUSB0"})).err().unwrap().to_string();
+        let e = r
+            .power(KEY, &serde_json::json!({"port": "/dev/ttyUSB0"}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("unknown field `port`"), "{e}");
     }
 }
