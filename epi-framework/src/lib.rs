@@ -31,7 +31,10 @@ pub mod result;
 pub mod resultsdb;
 pub mod sample;
 pub mod scorer;
+pub mod ssh;
 pub mod suite;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod trace;
 
 pub use backend::InferenceBackend;
