@@ -40,6 +40,17 @@ enum Command {
     Validate(commands::validate::ValidateArgs),
     /// Export EPI results to the community CSV.
     Export(commands::export::ExportArgs),
+    /// The results database: log, list, best, export.
+    #[command(subcommand)]
+    Results(commands::results::ResultsCommand),
+    /// Pareto frontier plot: accuracy vs J/token, points labelled by surgery.
+    Pareto(commands::plots::ParetoArgs),
+    /// EPI comparison bar chart, with interval whiskers.
+    Bars(commands::plots::BarsArgs),
+    /// Per-node power draw over time and the cluster total (any trace size).
+    Timeline(commands::plots::TimelineArgs),
+    /// EPI against a surgery parameter, with the knee marked.
+    Curve(commands::plots::CurveArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +65,11 @@ fn main() -> ExitCode {
         Command::Calculate(a) => commands::calculate::run(&ctx, a),
         Command::Validate(a) => commands::validate::run(&ctx, a),
         Command::Export(a) => commands::export::run(&ctx, a),
+        Command::Results(c) => commands::results::run(&ctx, c),
+        Command::Pareto(a) => commands::plots::pareto(&ctx, a),
+        Command::Bars(a) => commands::plots::bars(&ctx, a),
+        Command::Timeline(a) => commands::plots::timeline(&ctx, a),
+        Command::Curve(a) => commands::plots::curve(&ctx, a),
     };
     match result {
         Ok(code) => code,

@@ -3,4 +3,6 @@
 pub mod calculate;
 pub mod export;
 pub mod list;
+pub mod plots;
+pub mod results;
 pub mod validate;

@@ -430,24 +430,58 @@ impl Figure for CurveFigure {
             let text = format!(
                 "knee: {} = {}, EPI {}",
                 self.x_param.replace('_', " "),
-                style::sig4(k.x),
+                style::short_num(k.x),
                 style::sig4(k.y)
             );
-            // Above the point, nudged inward if it would leave the plot.
-            let (tw, _) = c.text_size(&text, 11.0);
-            let mut tx = at.0 as f64 + c.pt(12.0);
-            if tx + tw > rect.2 as f64 - c.pt(4.0) {
-                tx = at.0 as f64 - c.pt(12.0) - tw;
+            // Drop line samples count as occupied too.
+            for t in 0..=20 {
+                let y = at.1 + (bottom.1 - at.1) * t / 20;
+                occupied.push((at.0, y));
             }
-            let ty = at.1 - c.px(14.0 + 16.0 * i as f64);
+            // The candidate box (left, top) around the ring that covers the fewest line points
+            // and stays inside the plot.
+            let (tw, th) = c.text_size(&text, 11.0);
+            let (tw, th) = (tw.round() as i32, th.round() as i32);
+            let d = c.px(12.0);
+            let candidates = [
+                (at.0 + d, at.1 - d - th),
+                (at.0 - d - tw, at.1 - d - th),
+                (at.0 + d, at.1 + d),
+                (at.0 - d - tw, at.1 + d),
+                (at.0 + d, at.1 - 3 * d - th),
+                (at.0 - d - tw, at.1 - 3 * d - th),
+                (at.0 - tw / 2, at.1 - 2 * d - th),
+                (at.0 - tw / 2, at.1 + 2 * d),
+            ];
+            let cost = |&(x, y): &(i32, i32)| -> i64 {
+                let pad = c.px(3.0);
+                let inside = x >= rect.0 && x + tw <= rect.2 && y >= rect.1 && y + th <= rect.3;
+                let hits = occupied
+                    .iter()
+                    .filter(|p| {
+                        p.0 >= x - pad
+                            && p.0 <= x + tw + pad
+                            && p.1 >= y - pad
+                            && p.1 <= y + th + pad
+                    })
+                    .count() as i64;
+                hits + if inside { 0 } else { 1_000_000 }
+            };
+            let (tx, ty) = candidates
+                .iter()
+                .min_by_key(|cand| cost(cand))
+                .copied()
+                .unwrap_or((at.0 + d, at.1 - d - th));
             let style = c
                 .font(11.0)
                 .color(&pal.text)
-                .pos(Pos::new(HPos::Left, VPos::Bottom));
-            root.draw(&Text::new(text, (tx.round() as i32, ty), style))
-                .map_err(e)?;
-            occupied.push((tx as i32, ty));
-            occupied.push((tx as i32 + tw as i32, ty));
+                .pos(Pos::new(HPos::Left, VPos::Top));
+            root.draw(&Text::new(text, (tx, ty), style)).map_err(e)?;
+            for fx in 0..=8 {
+                for fy in 0..=2 {
+                    occupied.push((tx + tw * fx / 8, ty + th * fy / 2));
+                }
+            }
         }
         if any_knee {
             legend.push((

@@ -384,6 +384,22 @@ impl Figure for ParetoFigure {
                 py as f64 + rr,
             ));
         }
+        // The frontier line, as small squares every few points along it.
+        let line_px: Vec<(i32, i32)> = line.iter().map(|p| chart.backend_coord(p)).collect();
+        let half = c.pt(1.5);
+        for w in line_px.windows(2) {
+            let (a, b) = (
+                (w[0].0 as f64, w[0].1 as f64),
+                (w[1].0 as f64, w[1].1 as f64),
+            );
+            let len = ((b.0 - a.0).powi(2) + (b.1 - a.1).powi(2)).sqrt();
+            let steps = (len / c.pt(3.0)).ceil().max(1.0) as usize;
+            for k in 0..=steps {
+                let t = k as f64 / steps as f64;
+                let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+                taken.push((x - half, y - half, x + half, y + half));
+            }
+        }
         let size = 11.0;
         let gap = c.pt(4.0) + r as f64;
         for (p, &(px, py)) in self.points.iter().zip(&pixels) {
@@ -438,6 +454,27 @@ impl Figure for ParetoFigure {
             let Some(cand) = chosen else { continue };
             let b = rect_of(&cand);
             taken.push(b);
+            // A leader line when the label sits away from its point: from the point's rim to the
+            // nearest point of the label's box.
+            let (nx, ny) = (px.clamp(b.0, b.2), py.clamp(b.1, b.3));
+            let dist = ((nx - px).powi(2) + (ny - py).powi(2)).sqrt();
+            if dist > gap * 1.6 {
+                let rim = r as f64 + c.pt(1.5);
+                let (ux, uy) = ((nx - px) / dist, (ny - py) / dist);
+                let from = (
+                    (px + ux * rim).round() as i32,
+                    (py + uy * rim).round() as i32,
+                );
+                let to = (
+                    (nx - ux * c.pt(1.5)).round() as i32,
+                    (ny - uy * c.pt(1.5)).round() as i32,
+                );
+                root.draw(&PathElement::new(
+                    vec![from, to],
+                    pal.muted.stroke_width(c.upx(0.8)),
+                ))
+                .map_err(e)?;
+            }
             let text_colour = if p.on_frontier { pal.text } else { pal.muted };
             let style = c
                 .font(size)

@@ -473,80 +473,7 @@ pub(crate) fn draw_legend<DB: DrawingBackend>(
         let cy = (y0 as f64 + c.pt(8.0) + row * (i as f64 + 0.5)).round() as i32;
         let mx0 = x0 + c.px(10.0);
         let mx1 = mx0 + c.px(26.0);
-        let mid = (mx0 + mx1) / 2;
-        match mark {
-            Mark::Line {
-                color,
-                width_pt,
-                dashed,
-            } => {
-                let style = color.stroke_width(c.upx(*width_pt));
-                if *dashed {
-                    let seg = c.px(5.0);
-                    let mut x = mx0;
-                    while x < mx1 {
-                        root.draw(&PathElement::new(
-                            vec![(x, cy), ((x + seg).min(mx1), cy)],
-                            style,
-                        ))
-                        .map_err(e)?;
-                        x += seg * 2;
-                    }
-                } else {
-                    root.draw(&PathElement::new(vec![(mx0, cy), (mx1, cy)], style))
-                        .map_err(e)?;
-                }
-            }
-            Mark::Marker { color, filled } => {
-                let r = c.px(4.5);
-                if *filled {
-                    root.draw(&Circle::new((mid, cy), r, color.filled()))
-                        .map_err(e)?;
-                } else {
-                    root.draw(&Circle::new((mid, cy), r, color.stroke_width(c.upx(1.5))))
-                        .map_err(e)?;
-                }
-            }
-            Mark::Band { color } => {
-                root.draw(&Rectangle::new(
-                    [(mx0, cy - c.px(5.0)), (mx1, cy + c.px(5.0))],
-                    color.mix(0.3).filled(),
-                ))
-                .map_err(e)?;
-                root.draw(&PathElement::new(
-                    vec![(mx0, cy), (mx1, cy)],
-                    color.stroke_width(c.upx(1.5)),
-                ))
-                .map_err(e)?;
-            }
-            Mark::Whisker { color } => {
-                let st = color.stroke_width(c.upx(1.2));
-                root.draw(&PathElement::new(vec![(mx0 + 2, cy), (mx1 - 2, cy)], st))
-                    .map_err(e)?;
-                for x in [mx0 + 2, mx1 - 2] {
-                    root.draw(&PathElement::new(
-                        vec![(x, cy - c.px(4.0)), (x, cy + c.px(4.0))],
-                        st,
-                    ))
-                    .map_err(e)?;
-                }
-            }
-            Mark::Bar { color } => {
-                root.draw(&Rectangle::new(
-                    [(mx0, cy - c.px(5.0)), (mx1, cy + c.px(5.0))],
-                    color.filled(),
-                ))
-                .map_err(e)?;
-            }
-            Mark::Ring { color } => {
-                root.draw(&Circle::new(
-                    (mid, cy),
-                    c.px(6.0),
-                    color.stroke_width(c.upx(2.0)),
-                ))
-                .map_err(e)?;
-            }
-        }
+        draw_mark(root, c, mark, mx0, mx1, cy).map_err(e)?;
         let style = c
             .font(12.0)
             .color(&pal.text)
@@ -555,6 +482,127 @@ pub(crate) fn draw_legend<DB: DrawingBackend>(
             .map_err(e)?;
     }
     Ok(())
+}
+
+/// Draws a legend mark between `mx0` and `mx1` (px) on the line `cy`.
+fn draw_mark<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &Canvas,
+    mark: &Mark,
+    mx0: i32,
+    mx1: i32,
+    cy: i32,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let mid = (mx0 + mx1) / 2;
+    match mark {
+        Mark::Line {
+            color,
+            width_pt,
+            dashed,
+        } => {
+            let style = color.stroke_width(c.upx(*width_pt));
+            if *dashed {
+                let seg = c.px(5.0);
+                let mut x = mx0;
+                while x < mx1 {
+                    root.draw(&PathElement::new(
+                        vec![(x, cy), ((x + seg).min(mx1), cy)],
+                        style,
+                    ))?;
+                    x += seg * 2;
+                }
+            } else {
+                root.draw(&PathElement::new(vec![(mx0, cy), (mx1, cy)], style))?;
+            }
+        }
+        Mark::Marker { color, filled } => {
+            let r = c.px(4.5);
+            if *filled {
+                root.draw(&Circle::new((mid, cy), r, color.filled()))?;
+            } else {
+                root.draw(&Circle::new((mid, cy), r, color.stroke_width(c.upx(1.5))))?;
+            }
+        }
+        Mark::Band { color } => {
+            root.draw(&Rectangle::new(
+                [(mx0, cy - c.px(5.0)), (mx1, cy + c.px(5.0))],
+                color.mix(0.3).filled(),
+            ))?;
+            root.draw(&PathElement::new(
+                vec![(mx0, cy), (mx1, cy)],
+                color.stroke_width(c.upx(1.5)),
+            ))?;
+        }
+        Mark::Whisker { color } => {
+            let st = color.stroke_width(c.upx(1.2));
+            root.draw(&PathElement::new(vec![(mx0 + 2, cy), (mx1 - 2, cy)], st))?;
+            for x in [mx0 + 2, mx1 - 2] {
+                root.draw(&PathElement::new(
+                    vec![(x, cy - c.px(4.0)), (x, cy + c.px(4.0))],
+                    st,
+                ))?;
+            }
+        }
+        Mark::Bar { color } => {
+            root.draw(&Rectangle::new(
+                [(mx0, cy - c.px(5.0)), (mx1, cy + c.px(5.0))],
+                color.filled(),
+            ))?;
+        }
+        Mark::Ring { color } => {
+            root.draw(&Circle::new(
+                (mid, cy),
+                c.px(6.0),
+                color.stroke_width(c.upx(2.0)),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// The width and height (px) of a one-row legend.
+pub(crate) fn legend_row_size(c: &Canvas, entries: &[(String, Mark)]) -> (i32, i32) {
+    let w: f64 = entries
+        .iter()
+        .map(|(t, _)| c.pt(26.0 + 6.0 + 18.0) + c.text_size(t, 12.0).0)
+        .sum();
+    (w.round() as i32, c.px(18.0))
+}
+
+/// Draws a legend as one centred row with its top at `y` (px): for figures whose data fill every
+/// corner of the plot.
+pub(crate) fn draw_legend_row<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    c: &Canvas,
+    pal: &Palette,
+    y: i32,
+    entries: &[(String, Mark)],
+) -> Result<(), String> {
+    let (w, h) = legend_row_size(c, entries);
+    let mut x = (c.width as i32 - w) / 2;
+    let cy = y + h / 2;
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    for (text, mark) in entries {
+        let x1 = x + c.px(26.0);
+        draw_mark(root, c, mark, x, x1, cy).map_err(e)?;
+        let style = c
+            .font(12.0)
+            .color(&pal.text)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        root.draw(&Text::new(text.clone(), (x1 + c.px(6.0), cy), style))
+            .map_err(e)?;
+        x = x1 + c.px(6.0 + 18.0) + c.text_size(text, 12.0).0.round() as i32;
+    }
+    Ok(())
+}
+
+/// A number as short as it can be: integers without decimals, else four significant digits.
+pub(crate) fn short_num(v: f64) -> String {
+    if v.is_finite() && v == v.round() && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        sig4(v)
+    }
 }
 
 /// Decimal places that distinguish ticks `step` apart.

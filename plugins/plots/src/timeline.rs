@@ -451,7 +451,7 @@ impl Plot for TimelinePlot {
         let span = data.span_ms.1 - data.span_ms.0;
         let (unit, uname) = time_unit(span);
         let subtitle = format!(
-            "{} node{} · {} samples · {:.1} {uname} · each pixel column shows the min–max of its samples",
+            "{} node{} · {} samples · {:.1} {uname} · bands: min–max per pixel column, lines: mean",
             data.nodes.len(),
             if data.nodes.len() == 1 { "" } else { "s" },
             group_thousands(data.samples),
@@ -591,13 +591,31 @@ impl Figure for TimelineFigure {
         c: &Canvas,
         pal: &Palette,
     ) -> Result<(), String> {
-        let top = style::draw_title(root, c, pal, &self.title, Some(&self.subtitle))?;
-        let (_, body) = root.split_vertically(top);
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        let node_series: Vec<usize> = (0..self.data.nodes.len()).map(|i| i + 1).collect();
+        // The bands fill the plots' width, so the legend is a row above them.
+        let mut legend: Vec<(String, Mark)> = Vec::new();
+        if self.data.total.is_some() {
+            legend.push(("cluster total".into(), Mark::Band { color: pal.accent }));
+        }
+        for (k, node) in self.data.nodes.iter().enumerate() {
+            legend.push((
+                format!("node {node}"),
+                Mark::Band {
+                    color: pal.series(k + 1),
+                },
+            ));
+        }
+        if self.data.total_peak.is_some() {
+            legend.push(("peak".into(), Mark::Ring { color: pal.text }));
+        }
+        let top = style::draw_title(root, c, pal, &self.title, Some(&self.subtitle))?;
+        style::draw_legend_row(root, c, pal, top, &legend)?;
+        let (_, body) = root.split_vertically(top + c.px(18.0 + 6.0));
+
         let span = (self.data.span_ms.1 - self.data.span_ms.0).max(1.0);
         let (unit, uname) = time_unit(span);
         let xr = (0.0, span / unit);
-        let node_series: Vec<usize> = (0..self.data.nodes.len()).map(|i| i + 1).collect();
         let x_desc = format!("Time since trace start ({uname})");
         let (total_area, node_area) = match self.data.total {
             Some(_) => {
@@ -621,18 +639,6 @@ impl Figure for TimelineFigure {
             let chart = style::panel(area, c, pal, &axes)?;
             self.draw_series(root, &chart, c, ts, pal.accent, unit)?;
             let rect = style::plot_rect(&chart);
-            let mut legend = vec![(
-                "cluster total: mean".to_string(),
-                Mark::Line {
-                    color: pal.accent,
-                    width_pt: 1.2,
-                    dashed: false,
-                },
-            )];
-            legend.push((
-                "min–max per pixel column".into(),
-                Mark::Band { color: pal.accent },
-            ));
             if let Some(p) = self.data.total_peak {
                 let at = chart.backend_coord(&((p.at_ms - self.data.span_ms.0) / unit, p.watts));
                 root.draw(&Circle::new(
@@ -652,30 +658,10 @@ impl Figure for TimelineFigure {
                 let style = c
                     .font(11.0)
                     .color(&pal.text)
-                    .pos(Pos::new(hp, VPos::Center));
-                root.draw(&Text::new(text, (x, at.1), style)).map_err(e)?;
-                legend.push(("peak".into(), Mark::Ring { color: pal.text }));
+                    .pos(Pos::new(hp, VPos::Bottom));
+                root.draw(&Text::new(text, (x, at.1 - c.px(2.0)), style))
+                    .map_err(e)?;
             }
-            let lsize = style::legend_size(c, &legend);
-            // The total's band fills the width: put the legend where the band is lowest.
-            let pts: Vec<(i32, i32)> = self
-                .data
-                .grid
-                .buckets(ts)
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.count > 0)
-                .map(|(i, b)| {
-                    let g = &self.data.grid;
-                    chart.backend_coord(&(
-                        (g.start_of(i) + g.width() / 2.0 - self.data.span_ms.0) / unit,
-                        b.max,
-                    ))
-                })
-                .collect();
-            let corner =
-                style::emptiest_corner(rect, (lsize.0 + c.px(16.0), lsize.1 + c.px(16.0)), &pts);
-            style::draw_legend(root, c, pal, rect, corner, &legend)?;
         }
         let axes = style::Axes {
             x: xr,
@@ -687,33 +673,10 @@ impl Figure for TimelineFigure {
             y_labels: true,
         };
         let chart = style::panel(&node_area, c, pal, &axes)?;
-        let mut legend = Vec::new();
-        for (k, (&s, node)) in node_series.iter().zip(&self.data.nodes).enumerate() {
-            let colour = pal.series(k + 1);
-            self.draw_series(root, &chart, c, s, colour, unit)?;
-            legend.push((format!("node {node}"), Mark::Band { color: colour }));
+        for (k, &s) in node_series.iter().enumerate() {
+            self.draw_series(root, &chart, c, s, pal.series(k + 1), unit)?;
         }
-        let rect = style::plot_rect(&chart);
-        let lsize = style::legend_size(c, &legend);
-        let pts: Vec<(i32, i32)> = node_series
-            .iter()
-            .flat_map(|&s| {
-                let g = &self.data.grid;
-                g.buckets(s)
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.count > 0)
-                    .flat_map(move |(i, b)| {
-                        let x = (g.start_of(i) + g.width() / 2.0 - self.data.span_ms.0) / unit;
-                        [(x, b.max), (x, b.min)]
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .map(|p| chart.backend_coord(&p))
-            .collect();
-        let corner =
-            style::emptiest_corner(rect, (lsize.0 + c.px(16.0), lsize.1 + c.px(16.0)), &pts);
-        style::draw_legend(root, c, pal, rect, corner, &legend)
+        Ok(())
     }
 }
 
