@@ -5,7 +5,7 @@
 //! and integrates them. At most a few blocks are in flight, so memory does not grow with the size
 //! of the trace.
 
-use super::parse::{parse_row, Header, RowError};
+use super::parse::{parse_row, Header};
 use super::reader::TraceReader;
 use crate::error::{Error, InputError, Location};
 use crate::result::Gap;
@@ -159,7 +159,7 @@ impl TraceSummary {
 }
 
 /// A parsed row as the integrator needs it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Rec {
     t: f64,
     w: f64,
@@ -167,20 +167,67 @@ struct Rec {
     node: u32,
 }
 
+/// One channel's results within one block.
+#[derive(Clone, Debug)]
+struct NodePart {
+    node: u32,
+    first: Rec,
+    first_row: usize,
+    last: Rec,
+    samples: u64,
+    wms: f64, // energy in W·ms (×2: the ½ of the trapezoid is applied at the end)
+    covered: f64,
+    gaps: u64,
+    gap_list: Vec<Gap>,
+    max_dt: f64,
+    peak_w: f64,
+    counter_all: bool,
+}
+
+/// What a worker returns for one block.
 struct Block {
     index: usize,
     /// Lines owned by the block (data and blank).
     lines: u64,
-    rows: Vec<Rec>,
     /// Line indices (within the block) of blank lines.
     blanks: Vec<u64>,
-    /// First error: line index within the block and what.
-    error: Option<(u64, RowError)>,
+    /// First error by line index within the block: (line index, field, message).
+    error: Option<(u64, String, String)>,
     io_error: Option<std::io::Error>,
+    rows: u64,
+    parts: Vec<NodePart>,
+    first_t: f64,
+    last_t: f64,
+    min_t: f64,
+    max_t: f64,
+    sorted: bool,
+    /// Peak over the block's interior instants (exact there), with its time.
+    local_peak: Option<(f64, f64)>,
+    /// Records the merger needs for instants near the block's edges (all records of a short block).
+    boundary: Vec<Rec>,
 }
 
 impl Block {
-    /// Line index within the block of row `r`.
+    fn empty(index: usize) -> Block {
+        Block {
+            index,
+            lines: 0,
+            blanks: Vec::new(),
+            error: None,
+            io_error: None,
+            rows: 0,
+            parts: Vec::new(),
+            first_t: f64::NAN,
+            last_t: f64::NAN,
+            min_t: f64::INFINITY,
+            max_t: f64::NEG_INFINITY,
+            sorted: true,
+            local_peak: None,
+            boundary: Vec::new(),
+        }
+    }
+
+    /// Line index within the block of data row `r`.
     fn line_of_row(&self, r: usize) -> u64 {
         let mut line = r as u64;
         for &b in &self.blanks {
@@ -192,13 +239,22 @@ impl Block {
         }
         line
     }
+
+    fn set_error(&mut self, line_idx: u64, field: impl Into<String>, msg: impl Into<String>) {
+        if self.error.as_ref().is_none_or(|(l, _, _)| line_idx < *l) {
+            self.error = Some((line_idx, field.into(), msg.into()));
+        }
+    }
 }
 
 /// Integrates a trace CSV file. Errors name the file, line and field.
+///
+/// Workers parse blocks and integrate each block's interior themselves; the consumer only joins
+/// neighbouring blocks (one trapezoid per channel per block boundary) and evaluates the cluster
+/// power at instants near block edges from the few records each block hands over.
 pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    // Header: the first line.
     let mut head = vec![0u8; 4096.min(len as usize)];
     file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
     let header_end = match memchr::memchr(b'\n', &head) {
@@ -223,8 +279,9 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     .clamp(1, 16);
     let block = opts.block_bytes.max(4096) as u64;
     let n_blocks = (len - data_start).div_ceil(block) as usize;
+    let gap_limit = opts.gap_limit_ms;
 
-    let mut integ = Integrator::new(path, opts);
+    let mut merger = Merger::new(path, opts);
     let in_flight_limit = threads * 2 + 1;
     let gate = (Mutex::new((0usize, 0usize)), Condvar::new()); // (next to hand out, consumed)
     let stop = AtomicBool::new(false);
@@ -234,6 +291,7 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
         for _ in 0..threads {
             let tx = tx.clone();
             let (gate, stop, file, header) = (&gate, &stop, &file, &header);
+            let max_gaps = opts.max_gaps_listed;
             s.spawn(move || loop {
                 let index = {
                     let (lock, cv) = gate;
@@ -249,7 +307,7 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
                 };
                 let start = data_start + index as u64 * block;
                 let end = (start + block).min(len);
-                let b = parse_block(file, header, index, start, end, len);
+                let b = process_block(file, header, index, start, end, len, gap_limit, max_gaps);
                 if tx.send(b).is_err() {
                     return;
                 }
@@ -270,7 +328,7 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
                     Err(_) => break,
                 },
             };
-            let outcome = integ.consume_block(&b, first_line);
+            let outcome = merger.merge(&b, first_line);
             first_line += b.lines;
             next += 1;
             {
@@ -288,18 +346,37 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
         Ok(())
     });
     result?;
-    integ.finish(path, &header)
+    merger.finish(path, &header)
 }
 
-/// Reads and parses the lines that start in `[start, end)`.
-fn parse_block(file: &File, header: &Header, index: usize, start: u64, end: u64, len: u64) -> Block {
-    let mut b = Block { index, lines: 0, rows: Vec::new(), blanks: Vec::new(), error: None, io_error: None };
+/// Reads the lines that start in `[start, end)`, parses them and integrates the block.
+#[allow(clippy::too_many_arguments)]
+fn process_block(
+    file: &File,
+    header: &Header,
+    index: usize,
+    start: u64,
+    end: u64,
+    len: u64,
+    gap_limit: f64,
+    max_gaps: usize,
+) -> Block {
+    let mut b = Block::empty(index);
+    let recs = match read_and_parse(file, header, &mut b, start, end, len) {
+        Some(r) => r,
+        None => return b,
+    };
+    integrate_block(&mut b, &recs, gap_limit, max_gaps);
+    b
+}
+
+fn read_and_parse(file: &File, header: &Header, b: &mut Block, start: u64, end: u64, len: u64) -> Option<Vec<Rec>> {
     // Read one byte before `start` to know whether `start` begins a line.
     let read_from = start.saturating_sub(1);
     let mut buf = vec![0u8; (end - read_from) as usize];
     if let Err(e) = file.read_exact_at(&mut buf, read_from) {
         b.io_error = Some(e);
-        return b;
+        return None;
     }
     let mut pos = if start == read_from {
         0
@@ -308,13 +385,9 @@ fn parse_block(file: &File, header: &Header, index: usize, start: u64, end: u64,
     } else {
         match memchr::memchr(b'\n', &buf[1..]) {
             Some(p) => p + 2,
-            None => {
-                // No line starts in this block: the previous block's last line covers it.
-                return b;
-            }
+            None => return Some(Vec::new()), // no line starts in this block
         }
     };
-    // Extend the buffer so the last line starting before `end` is complete.
     let owned_end = buf.len(); // lines starting before this index are ours
     if pos < owned_end {
         let mut file_pos = end;
@@ -324,7 +397,7 @@ fn parse_block(file: &File, header: &Header, index: usize, start: u64, end: u64,
             buf.resize(old + more, 0);
             if let Err(e) = file.read_exact_at(&mut buf[old..], file_pos) {
                 b.io_error = Some(e);
-                return b;
+                return None;
             }
             file_pos += more as u64;
             if let Some(p) = memchr::memchr(b'\n', &buf[old..]) {
@@ -333,7 +406,7 @@ fn parse_block(file: &File, header: &Header, index: usize, start: u64, end: u64,
             }
         }
     }
-    b.rows.reserve(owned_end / 40);
+    let mut recs = Vec::with_capacity(owned_end / 40 + 1);
     while pos < owned_end {
         let nl = memchr::memchr(b'\n', &buf[pos..]).map(|p| pos + p).unwrap_or(buf.len());
         let line = &buf[pos..nl];
@@ -350,198 +423,301 @@ fn parse_block(file: &File, header: &Header, index: usize, start: u64, end: u64,
             parse_row(header, line)
         };
         match parsed {
-            Ok(r) => b.rows.push(Rec { t: r.t_ms, w: r.watts, e: r.energy_j.unwrap_or(f64::NAN), node: r.node }),
+            Ok(r) => recs.push(Rec { t: r.t_ms, w: r.watts, e: r.energy_j.unwrap_or(f64::NAN), node: r.node }),
             Err(e) => {
-                b.error = Some((line_idx, e));
-                return b;
+                b.set_error(line_idx, e.field, e.message);
+                break;
             }
         }
     }
-    b
+    Some(recs)
 }
 
-#[derive(Clone)]
-struct NodeState {
-    summary: ChannelSummary,
-    last_w: f64,
-    wms: f64, // energy in W·ms
-    counter_first: f64,
-    counter_last: f64,
-    counter_all: bool,
+/// Dense per-block index of node ids.
+struct NodeIndex {
+    small: Vec<u32>, // node id → index + 1 (0: unseen), for ids < 4096
+    big: BTreeMap<u32, usize>,
 }
 
-struct Integrator<'a> {
+impl NodeIndex {
+    fn new() -> Self {
+        NodeIndex { small: Vec::new(), big: BTreeMap::new() }
+    }
+    #[inline]
+    fn get_or_insert(&mut self, node: u32, next: usize) -> (usize, bool) {
+        if (node as usize) < 4096 {
+            let i = node as usize;
+            if i >= self.small.len() {
+                self.small.resize(i + 1, 0);
+            }
+            if self.small[i] == 0 {
+                self.small[i] = next as u32 + 1;
+                (next, true)
+            } else {
+                (self.small[i] as usize - 1, false)
+            }
+        } else {
+            match self.big.get(&node) {
+                Some(&i) => (i, false),
+                None => {
+                    self.big.insert(node, next);
+                    (next, true)
+                }
+            }
+        }
+    }
+}
+
+fn integrate_block(b: &mut Block, recs: &[Rec], gap_limit: f64, max_gaps: usize) {
+    let Some(first) = recs.first() else { return };
+    let last_t = recs[recs.len() - 1].t;
+    b.first_t = first.t;
+    b.last_t = last_t;
+    b.rows = recs.len() as u64;
+    let span = last_t - first.t;
+    let short = !(span > 5.0 * gap_limit) || !gap_limit.is_finite();
+    let (inner_lo, inner_hi) = (first.t + gap_limit, last_t - gap_limit);
+    let mut sweep = PeakSweep::new(gap_limit, if short { None } else { Some((inner_lo, inner_hi)) });
+    let mut idx = NodeIndex::new();
+    let mut parts: Vec<NodePart> = Vec::new();
+    let mut prev_t = f64::NEG_INFINITY;
+    for (row, r) in recs.iter().enumerate() {
+        if r.t < prev_t {
+            b.sorted = false;
+        }
+        prev_t = r.t;
+        if r.t < b.min_t {
+            b.min_t = r.t;
+        }
+        if r.t > b.max_t {
+            b.max_t = r.t;
+        }
+        let (i, new) = idx.get_or_insert(r.node, parts.len());
+        if new {
+            parts.push(NodePart {
+                node: r.node,
+                first: *r,
+                first_row: row,
+                last: *r,
+                samples: 1,
+                wms: 0.0,
+                covered: 0.0,
+                gaps: 0,
+                gap_list: Vec::new(),
+                max_dt: 0.0,
+                peak_w: r.w,
+                counter_all: !r.e.is_nan(),
+            });
+        } else {
+            let p = &mut parts[i];
+            let dt = r.t - p.last.t;
+            if dt < 0.0 {
+                let msg = format!(
+                    "{} is earlier than node {}'s previous sample at {} ms; expected timestamps that never decrease within a node",
+                    r.t, r.node, p.last.t
+                );
+                b.set_error(b.line_of_row(row), "timestamp_ms", msg);
+                b.parts = parts;
+                return;
+            }
+            p.wms += dt * (r.w + p.last.w);
+            if dt > gap_limit {
+                p.gaps += 1;
+                if p.gap_list.len() < max_gaps {
+                    p.gap_list.push(Gap { node_id: r.node, start_ms: p.last.t, end_ms: r.t });
+                }
+            } else {
+                p.covered += dt;
+            }
+            if dt > p.max_dt {
+                p.max_dt = dt;
+            }
+            if r.w > p.peak_w {
+                p.peak_w = r.w;
+            }
+            if p.counter_all {
+                if r.e.is_nan() {
+                    p.counter_all = false;
+                } else if r.e < p.last.e {
+                    let msg = format!(
+                        "energy counter of node {} went down from {} J to {} J; expected a cumulative counter",
+                        r.node, p.last.e, r.e
+                    );
+                    b.set_error(b.line_of_row(row), "energy_j", msg);
+                    b.parts = parts;
+                    return;
+                }
+            }
+            p.samples += 1;
+            p.last = *r;
+        }
+        if b.sorted && !short {
+            sweep.push(r.node, r.t, r.w);
+        }
+        if short || r.t < first.t + 2.0 * gap_limit || r.t > last_t - 2.0 * gap_limit {
+            b.boundary.push(*r);
+        }
+    }
+    b.parts = parts;
+    if b.sorted && !short {
+        b.local_peak = sweep.finish_opt();
+    }
+}
+
+/// Joins blocks in file order.
+struct Merger<'a> {
     path: &'a Path,
     gap_limit: f64,
     max_gaps: usize,
-    nodes: Vec<Option<NodeState>>, // by node id, for small ids
-    big_nodes: BTreeMap<u32, NodeState>,
+    nodes: BTreeMap<u32, NodePart>,
     samples: u64,
     start: f64,
     end: f64,
     gaps: Vec<Gap>,
     gap_count: u64,
     sweep: PeakSweep,
+    local_peak: Option<(f64, f64)>,
+    last_t: f64,
+    sorted: bool,
 }
 
-impl<'a> Integrator<'a> {
+impl<'a> Merger<'a> {
     fn new(path: &'a Path, opts: &TraceOptions) -> Self {
-        Integrator {
+        Merger {
             path,
             gap_limit: opts.gap_limit_ms,
             max_gaps: opts.max_gaps_listed,
-            nodes: Vec::new(),
-            big_nodes: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             samples: 0,
             start: f64::INFINITY,
             end: f64::NEG_INFINITY,
             gaps: Vec::new(),
             gap_count: 0,
-            sweep: PeakSweep::new(opts.gap_limit_ms),
+            sweep: PeakSweep::new(opts.gap_limit_ms, None),
+            local_peak: None,
+            last_t: f64::NEG_INFINITY,
+            sorted: true,
         }
     }
 
-    fn consume_block(&mut self, b: &Block, first_line: u64) -> Result<(), Error> {
+    fn merge(&mut self, b: &Block, first_line: u64) -> Result<(), Error> {
         if let Some(e) = &b.io_error {
             return Err(Error::io(self.path, std::io::Error::new(e.kind(), e.to_string())));
         }
-        for (i, r) in b.rows.iter().enumerate() {
-            if let Err((field, msg)) = self.push(r) {
-                let line = first_line + b.line_of_row(i);
-                return Err(InputError::new(Location::file(self.path).at_line(line).field(field), msg).into());
+        // The earliest error among the block's own and the joins with earlier blocks.
+        let mut err: Option<(u64, String, String)> = b.error.clone();
+        let mut note = |line: u64, field: &str, msg: String| {
+            if err.as_ref().is_none_or(|(l, _, _)| line < *l) {
+                err = Some((line, field.to_string(), msg));
             }
-        }
-        if let Some((idx, e)) = &b.error {
-            return Err(InputError::new(
-                Location::file(self.path).at_line(first_line + idx).field(e.field.clone()),
-                e.message.clone(),
-            )
-            .into());
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn push(&mut self, r: &Rec) -> Result<(), (&'static str, String)> {
-        let gap_limit = self.gap_limit;
-        let st = if (r.node as usize) < 4096 {
-            let i = r.node as usize;
-            if i >= self.nodes.len() {
-                self.nodes.resize(i + 1, None);
-            }
-            &mut self.nodes[i]
-        } else {
-            // Rare: large node ids live in a map; move through an Option slot.
-            let e = self.big_nodes.remove(&r.node);
-            self.nodes.push(e);
-            let last = self.nodes.len() - 1;
-            &mut self.nodes[last]
         };
-        match st {
-            None => {
-                *st = Some(NodeState {
-                    summary: ChannelSummary {
-                        samples: 1,
-                        first_ms: r.t,
-                        last_ms: r.t,
-                        joules: 0.0,
-                        covered_ms: 0.0,
-                        gaps: 0,
-                        max_interval_ms: 0.0,
-                        peak_watts: r.w,
-                        counter_joules: None,
-                    },
-                    last_w: r.w,
-                    wms: 0.0,
-                    counter_first: r.e,
-                    counter_last: r.e,
-                    counter_all: !r.e.is_nan(),
-                });
-            }
-            Some(s) => {
-                let dt = r.t - s.summary.last_ms;
-                if dt < 0.0 {
-                    let msg = format!(
-                        "{} is earlier than node {}'s previous sample at {} ms; expected timestamps that never decrease within a node",
-                        r.t, r.node, s.summary.last_ms
-                    );
-                    self.restore_big(r.node);
-                    return Err(("timestamp_ms", msg));
-                }
-                s.wms += dt * (r.w + s.last_w);
-                if dt > gap_limit {
-                    s.summary.gaps += 1;
-                    self.gap_count += 1;
-                    if self.gaps.len() < self.max_gaps {
-                        self.gaps.push(Gap { node_id: r.node, start_ms: s.summary.last_ms, end_ms: r.t });
+        let gap_limit = self.gap_limit;
+        for part in &b.parts {
+            match self.nodes.get_mut(&part.node) {
+                None => {
+                    self.nodes.insert(part.node, part.clone());
+                    self.gap_count += part.gaps;
+                    for g in &part.gap_list {
+                        if self.gaps.len() < self.max_gaps {
+                            self.gaps.push(g.clone());
+                        }
                     }
-                } else {
-                    s.summary.covered_ms += dt;
                 }
-                if dt > s.summary.max_interval_ms {
-                    s.summary.max_interval_ms = dt;
-                }
-                if r.w > s.summary.peak_watts {
-                    s.summary.peak_watts = r.w;
-                }
-                if s.counter_all {
-                    if r.e.is_nan() {
-                        s.counter_all = false;
-                    } else if r.e < s.counter_last {
-                        let msg = format!(
-                            "energy counter of node {} went down from {} J to {} J; expected a cumulative counter",
-                            r.node, s.counter_last, r.e
+                Some(acc) => {
+                    let dt = part.first.t - acc.last.t;
+                    let line = b.line_of_row(part.first_row);
+                    if dt < 0.0 {
+                        note(
+                            line,
+                            "timestamp_ms",
+                            format!(
+                                "{} is earlier than node {}'s previous sample at {} ms; expected timestamps that never decrease within a node",
+                                part.first.t, part.node, acc.last.t
+                            ),
                         );
-                        self.restore_big(r.node);
-                        return Err(("energy_j", msg));
-                    } else {
-                        s.counter_last = r.e;
+                        continue;
                     }
+                    if acc.counter_all && part.counter_all && part.first.e < acc.last.e {
+                        note(
+                            line,
+                            "energy_j",
+                            format!(
+                                "energy counter of node {} went down from {} J to {} J; expected a cumulative counter",
+                                part.node, acc.last.e, part.first.e
+                            ),
+                        );
+                        continue;
+                    }
+                    acc.wms += dt * (part.first.w + acc.last.w) + part.wms;
+                    if dt > gap_limit {
+                        acc.gaps += 1;
+                        self.gap_count += 1;
+                        if self.gaps.len() < self.max_gaps {
+                            self.gaps.push(Gap { node_id: part.node, start_ms: acc.last.t, end_ms: part.first.t });
+                        }
+                    } else {
+                        acc.covered += dt;
+                    }
+                    acc.covered += part.covered;
+                    acc.gaps += part.gaps;
+                    self.gap_count += part.gaps;
+                    for g in &part.gap_list {
+                        if self.gaps.len() < self.max_gaps {
+                            self.gaps.push(g.clone());
+                        }
+                    }
+                    acc.max_dt = acc.max_dt.max(dt).max(part.max_dt);
+                    acc.peak_w = acc.peak_w.max(part.peak_w);
+                    acc.counter_all = acc.counter_all && part.counter_all;
+                    acc.samples += part.samples;
+                    acc.last = part.last;
                 }
-                s.summary.samples += 1;
-                s.summary.last_ms = r.t;
-                s.last_w = r.w;
             }
         }
-        self.restore_big(r.node);
-        self.samples += 1;
-        if r.t < self.start {
-            self.start = r.t;
+        if let Some((idx, field, msg)) = err {
+            return Err(InputError::new(Location::file(self.path).at_line(first_line + idx).field(field), msg).into());
         }
-        if r.t > self.end {
-            self.end = r.t;
+        self.samples += b.rows;
+        if b.rows > 0 {
+            self.start = self.start.min(b.min_t);
+            self.end = self.end.max(b.max_t);
+            if !b.sorted || b.first_t < self.last_t {
+                self.sorted = false;
+            }
+            self.last_t = b.last_t;
         }
-        self.sweep.push(r.node, r.t, r.w);
+        if self.sorted {
+            for r in &b.boundary {
+                self.sweep.push(r.node, r.t, r.w);
+            }
+            if let Some(p) = b.local_peak {
+                self.local_peak = better(self.local_peak, Some(p));
+            }
+        }
         Ok(())
     }
 
-    #[inline]
-    fn restore_big(&mut self, node: u32) {
-        if (node as usize) >= 4096 {
-            if let Some(Some(s)) = self.nodes.pop() {
-                self.big_nodes.insert(node, s);
-            }
-        }
-    }
-
-    fn finish(mut self, path: &Path, header: &Header) -> Result<TraceSummary, Error> {
+    fn finish(self, path: &Path, header: &Header) -> Result<TraceSummary, Error> {
         let mut channels = BTreeMap::new();
-        let all = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.clone().map(|s| (i as u32, s)))
-            .chain(std::mem::take(&mut self.big_nodes));
-        for (id, mut s) in all {
-            s.summary.joules = s.wms / 2000.0;
-            if s.counter_all {
-                s.summary.counter_joules = Some(s.counter_last - s.counter_first);
-            }
-            channels.insert(id, s.summary);
+        for (id, p) in &self.nodes {
+            channels.insert(
+                *id,
+                ChannelSummary {
+                    samples: p.samples,
+                    first_ms: p.first.t,
+                    last_ms: p.last.t,
+                    joules: p.wms / 2000.0,
+                    covered_ms: p.covered,
+                    gaps: p.gaps,
+                    max_interval_ms: p.max_dt,
+                    peak_watts: p.peak_w,
+                    counter_joules: if p.counter_all { Some(p.last.e - p.first.e) } else { None },
+                },
+            );
         }
-        let time_sorted = !self.sweep.unsorted;
+        let time_sorted = self.sorted && !self.sweep.unsorted;
         let (peak, at) = if time_sorted {
-            self.sweep.finish()
+            better(self.sweep.finish_opt(), self.local_peak).unwrap_or((0.0, 0.0))
         } else {
             peak_by_merge(path, &channels, self.gap_limit)?
         };
@@ -560,6 +736,20 @@ impl<'a> Integrator<'a> {
             gap_limit_ms: self.gap_limit,
             time_sorted,
         })
+    }
+}
+
+/// The larger peak; on a tie, the earlier instant.
+fn better(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(x), Some(y)) => {
+            if y.0 > x.0 || (y.0 == x.0 && y.1 < x.1) {
+                Some(y)
+            } else {
+                Some(x)
+            }
+        }
     }
 }
 
@@ -607,14 +797,14 @@ fn peak_by_merge(path: &Path, channels: &BTreeMap<u32, ChannelSummary>, gap_limi
             heap.push(Head { t, node: r.0, w, reader: i });
         }
     }
-    let mut sweep = PeakSweep::new(gap_limit);
+    let mut sweep = PeakSweep::new(gap_limit, None);
     while let Some(h) = heap.pop() {
         sweep.push(h.node, h.t, h.w);
         if let Some((t, w)) = next_of(&mut readers[h.reader])? {
             heap.push(Head { t, node: h.node, w, reader: h.reader });
         }
     }
-    Ok(sweep.finish())
+    Ok(sweep.finish_opt().unwrap_or((0.0, 0.0)))
 }
 
 /// Streaming peak of cluster power over sample instants, for rows in global time order.
@@ -622,11 +812,13 @@ fn peak_by_merge(path: &Path, channels: &BTreeMap<u32, ChannelSummary>, gap_limi
 /// At each distinct timestamp the cluster power is the sum over channels: a channel sampled at that
 /// instant contributes its sample; one that is not is interpolated between its neighbouring samples
 /// once its next sample arrives (if those are no further apart than the gap limit); a channel
-/// before its first sample, after its last, or inside a gap contributes nothing.
+/// before its first sample, after its last, or inside a gap contributes nothing. Only instants
+/// inside `accept` (when given) count.
 struct PeakSweep {
     gap_limit: f64,
+    accept: Option<(f64, f64)>,
     prev: Vec<Option<(f64, f64)>>, // by dense channel index
-    dense: BTreeMap<u32, usize>,
+    dense: NodeIndex,
     group_t: f64,
     group_sum: f64,
     group_members: Vec<usize>,
@@ -642,11 +834,12 @@ struct Pending {
 }
 
 impl PeakSweep {
-    fn new(gap_limit: f64) -> Self {
+    fn new(gap_limit: f64, accept: Option<(f64, f64)>) -> Self {
         PeakSweep {
             gap_limit,
+            accept,
             prev: Vec::new(),
-            dense: BTreeMap::new(),
+            dense: NodeIndex::new(),
             group_t: f64::NEG_INFINITY,
             group_sum: 0.0,
             group_members: Vec::new(),
@@ -665,15 +858,10 @@ impl PeakSweep {
             self.unsorted = true;
             return;
         }
-        let c = match self.dense.get(&node) {
-            Some(&c) => c,
-            None => {
-                let c = self.prev.len();
-                self.dense.insert(node, c);
-                self.prev.push(None);
-                c
-            }
-        };
+        let (c, new) = self.dense.get_or_insert(node, self.prev.len());
+        if new {
+            self.prev.push(None);
+        }
         if t > self.group_t {
             self.close_group();
             self.group_t = t;
@@ -710,22 +898,28 @@ impl PeakSweep {
         }
         let t = self.group_t;
         let mut need = Vec::new();
-        for (c, p) in self.prev.iter().enumerate() {
-            if let Some((pt, _)) = p {
-                if !self.group_members.contains(&c) && t - pt <= self.gap_limit {
-                    need.push(c);
+        if self.group_members.len() < self.prev.len() {
+            for (c, p) in self.prev.iter().enumerate() {
+                if let Some((pt, _)) = p {
+                    if !self.group_members.contains(&c) && t - pt <= self.gap_limit {
+                        need.push(c);
+                    }
                 }
             }
         }
-        self.pending.push_back(Pending { t, sum: self.group_sum, need });
+        let sum = self.group_sum;
         self.group_sum = 0.0;
         self.group_members.clear();
+        if need.is_empty() && self.pending.is_empty() {
+            self.finalize(t, sum);
+            return;
+        }
+        self.pending.push_back(Pending { t, sum, need });
         // Channels silent for longer than the gap limit no longer cover older instants.
-        let now = t;
         let prev = &self.prev;
         let gap = self.gap_limit;
         for p in self.pending.iter_mut() {
-            p.need.retain(|&c| prev[c].is_some_and(|(pt, _)| now - pt <= gap));
+            p.need.retain(|&c| prev[c].is_some_and(|(pt, _)| t - pt <= gap));
         }
         while self.pending.front().is_some_and(|p| p.need.is_empty()) {
             let p = self.pending.pop_front().expect("front exists");
@@ -733,17 +927,33 @@ impl PeakSweep {
         }
     }
 
+    #[inline]
     fn finalize(&mut self, t: f64, sum: f64) {
+        if let Some((lo, hi)) = self.accept {
+            if t < lo || t > hi {
+                return;
+            }
+        }
         if self.best.is_none_or(|(b, _)| sum > b) {
             self.best = Some((sum, t));
         }
     }
 
-    fn finish(mut self) -> (f64, f64) {
+    fn finish_opt(mut self) -> Option<(f64, f64)> {
         self.close_group();
         while let Some(p) = self.pending.pop_front() {
             self.finalize(p.t, p.sum);
         }
-        self.best.unwrap_or((0.0, 0.0))
+        self.best
     }
+}
+
+/// The whole-file sequential peak (the fallback pass), exposed to tests as the reference.
+#[cfg(test)]
+pub(super) fn peak_by_merge_for_tests(
+    path: &Path,
+    channels: &BTreeMap<u32, ChannelSummary>,
+    gap_limit: f64,
+) -> Result<(f64, f64), Error> {
+    peak_by_merge(path, channels, gap_limit)
 }

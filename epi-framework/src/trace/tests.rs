@@ -1,6 +1,7 @@
 //! Known-answer and rejection tests of trace integration.
 
 use super::*;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -269,4 +270,42 @@ fn errors_deep_in_a_multi_block_file_name_the_right_line() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("t.csv:5002: power_factor"), "{e}");
+}
+
+#[test]
+fn block_local_peaks_agree_with_a_whole_file_sweep() {
+    // Three nodes at different offsets, one of which stops early and one with a gap; blocks long
+    // compared with the gap limit, so workers evaluate interior instants themselves.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    let mut x: u64 = 99;
+    for i in 0..6000u64 {
+        for n in 0..3u32 {
+            let t = i as f64 * 20.0 + n as f64 * 6.5;
+            if n == 2 && i > 4000 {
+                continue; // node 2 stops
+            }
+            if n == 1 && (2000..2010).contains(&i) {
+                continue; // node 1 has a 200 ms gap
+            }
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let w = 5.0 + ((x >> 40) % 1000) as f64 / 37.0;
+            s += &row(t, n, w);
+        }
+    }
+    let p = write(&dir, "t.csv", &s);
+    let names: BTreeMap<u32, ChannelSummary> = [0u32, 1, 2]
+        .into_iter()
+        .map(|n| {
+            (n, ChannelSummary { samples: 0, first_ms: 0.0, last_ms: 0.0, joules: 0.0, covered_ms: 0.0, gaps: 0, max_interval_ms: 0.0, peak_watts: 0.0, counter_joules: None })
+        })
+        .collect();
+    for gap in [50.0, 150.0] {
+        let reference = super::summarize::peak_by_merge_for_tests(&p, &names, gap).unwrap();
+        for (threads, block) in [(1, 1 << 30), (2, 4096), (4, 9000), (3, 30_000)] {
+            let sum = summarize(&p, &TraceOptions { gap_limit_ms: gap, threads, block_bytes: block, ..Default::default() }).unwrap();
+            assert_eq!((sum.peak_watts, sum.peak_at_ms), reference, "gap {gap} threads {threads} block {block}");
+            assert!(sum.time_sorted);
+        }
+    }
 }
