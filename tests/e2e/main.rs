@@ -5,3 +5,5 @@ mod support;
 mod calculate;
 mod validate;
 mod schemas;
+mod plots;
+mod results;
