@@ -34,6 +34,8 @@ enum Command {
     /// List registered plugins.
     #[command(subcommand)]
     List(commands::list::ListWhat),
+    /// Run suites through a backend for accuracy alone (like lm-eval): records, summary, benchmark JSON.
+    Eval(commands::eval::EvalArgs),
     /// Calculate EPI from a power trace and benchmark results.
     Calculate(commands::calculate::CalculateArgs),
     /// Validate a community submission directory.
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::List(w) => commands::list::run(&ctx, w),
+        Command::Eval(a) => commands::eval::run(&ctx, a),
         Command::Calculate(a) => commands::calculate::run(&ctx, a),
         Command::Validate(a) => commands::validate::run(&ctx, a),
         Command::Export(a) => commands::export::run(&ctx, a),

@@ -43,6 +43,11 @@ use std::time::Instant;
 pub const GENERATIVE_INSTRUCTION: &str =
     "Answer the following multiple choice question with the letter of the correct choice only.\n\n";
 
+/// A new random run id (UUID v4).
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// Why a run could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

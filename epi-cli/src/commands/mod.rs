@@ -1,6 +1,7 @@
 //! One module per `epi` subcommand.
 
 pub mod calculate;
+pub mod eval;
 pub mod export;
 pub mod list;
 pub mod plots;

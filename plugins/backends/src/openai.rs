@@ -245,6 +245,18 @@ pub fn validate_body(body: &Value) -> Result<Vec<u8>, String> {
     if !back.is_object() {
         return Err("the request body must be a JSON object".into());
     }
+    // dllama-api reads `stop` as a list of strings and `stream` as a boolean and dies otherwise.
+    if let Some(stop) = back.get("stop") {
+        if !stop
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string))
+        {
+            return Err("`stop` must be an array of strings".into());
+        }
+    }
+    if back.get("stream").is_some_and(|s| !s.is_boolean()) {
+        return Err("`stream` must be a boolean".into());
+    }
     if let Some(messages) = back.get("messages") {
         let list = messages.as_array().ok_or("`messages` must be an array")?;
         if list.is_empty() {
@@ -1544,6 +1556,9 @@ mod tests {
             .unwrap_err()
             .contains("messages[0].content must be a string"));
         assert!(validate_body(&json!({"messages": []})).is_err());
+        assert!(validate_body(&json!({"prompt": "x", "stop": "\n"})).is_err());
+        assert!(validate_body(&json!({"prompt": "x", "stop": ["\n"], "stream": false})).is_ok());
+        assert!(validate_body(&json!({"prompt": "x", "stream": "yes"})).is_err());
         assert!(validate_body(&json!([1, 2])).is_err());
     }
 
