@@ -7,3 +7,4 @@ mod validate;
 mod schemas;
 mod plots;
 mod results;
+mod dynamic_plugin;
