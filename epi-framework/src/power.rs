@@ -60,6 +60,15 @@ pub trait PowerSource: Send {
     /// Stream health counters so far.
     fn stats(&self) -> SourceStats;
 
+    /// The source's provenance as it stands now, when it has learnt more since
+    /// [`open`](PowerSource::open) returned it — a measurement made at the end (the
+    /// `orchestrator` source's end-of-run clock offset), channels that appeared later. Recorders
+    /// call it after [`close`](PowerSource::close) and write it to the trace sidecar. The
+    /// default, `None`, means the info from `open` still holds.
+    fn current_info(&self) -> Option<crate::sample::SourceInfo> {
+        None
+    }
+
     /// Releases the instrument.
     async fn close(&mut self) -> Result<(), PowerError>;
 }

@@ -5,6 +5,7 @@ pub mod csv;
 pub mod epi_meter;
 mod host_time;
 pub mod nvml;
+pub mod orchestrator;
 pub mod rapl;
 
 /// Forces this crate's plugin registrations into a binary that links it (linkers drop archive
