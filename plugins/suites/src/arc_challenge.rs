@@ -2,7 +2,9 @@
 //! (`lm-eval-tasks.md` §3.1): 1172 test questions, 25 examples drawn from the 1119 train questions,
 //! `Question: {question}\nAnswer:` and each choice's text as continuation; `acc` and `acc_norm`.
 
-use crate::data::{self, describe, parquet_shards, read_jsonl, read_parquet_shards, search_dirs};
+use crate::data::{
+    self, describe, describe_parquet, parquet_shards, read_jsonl, read_parquet_shards, search_dirs,
+};
 use crate::fewshot::{plan, FewshotSelection, PlanInput, Sampler};
 use crate::mc::{self, render_context, McDoc, TARGET_DELIMITER};
 use epi_framework::backend::ScoringMode;
@@ -206,8 +208,9 @@ pub fn locate(data_dir: Option<&Path>) -> Result<(SplitPair, String), SuiteError
                     desc,
                 ));
             }
-            tried.push(describe(
-                &d.join("{train,test}-*.parquet"),
+            tried.push(describe_parquet(
+                &d,
+                "train,test",
                 "Hugging Face allenai/ai2_arc",
             ));
         }
@@ -431,5 +434,218 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("lm-eval") && e.contains("leaderboard-v1"), "{e}");
+    }
+
+    fn outcome_from(item: &SuiteItem, logprobs: &[f64]) -> ItemOutcome {
+        let (p, pn) = item.loglikelihood_predictions(logprobs).unwrap();
+        ItemOutcome {
+            doc_id: item.doc_id.clone(),
+            subject: None,
+            gold: item.gold,
+            prediction: Some(p),
+            prediction_norm: Some(pn),
+            failed: false,
+            unparseable: false,
+        }
+    }
+
+    fn item(choices: &[&str], gold: usize) -> SuiteItem {
+        SuiteItem {
+            suite: KEY.into(),
+            doc_id: "test/0".into(),
+            subject: None,
+            context: "Question: q\nAnswer:".into(),
+            question: "Question: q\nAnswer:".into(),
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+            target_delimiter: " ".into(),
+            gold: Some(gold),
+        }
+    }
+
+    #[test]
+    fn aggregate_acc_and_acc_norm_with_ties_to_the_first_index() {
+        let s = suite(serde_json::json!({}));
+        let outcomes = vec![
+            // Tie on the sum goes to choice 0 (wrong); per character "bbbb" wins (right).
+            outcome_from(&item(&["a", "bbbb"], 1), &[-2.0, -2.0]),
+            // Tie on both goes to choice 0 (right for both).
+            outcome_from(&item(&["xx", "yy"], 0), &[-1.0, -1.0]),
+            // Sum picks the short choice (right), per character the long one (wrong).
+            outcome_from(&item(&["ab", "abcdefgh"], 0), &[-1.0, -3.0]),
+            // A failed query: wrong for both, and counted.
+            ItemOutcome {
+                failed: true,
+                prediction: Some(0),
+                prediction_norm: Some(0),
+                ..outcome_from(&item(&["a", "b"], 0), &[0.0, -1.0])
+            },
+        ];
+        let score = s.aggregate(&outcomes, ScoringMode::Loglikelihood);
+        assert_eq!(score.metrics["acc"].value, 0.5);
+        assert_eq!(score.metrics["acc_norm"].value, 0.5);
+        assert_eq!(score.headline, "acc_norm");
+        assert_eq!(
+            (score.n_items, score.n_failed, score.n_unparseable),
+            (4, 1, 0)
+        );
+        assert_eq!(score.benchmark_key, "arc_challenge_25shot");
+        // Per item: acc = [0, 1, 1, 0], acc_norm = [1, 1, 0, 0].
+        let only_first_two = s.aggregate(&outcomes[..2], ScoringMode::Loglikelihood);
+        assert_eq!(only_first_two.metrics["acc"].value, 0.5);
+        assert_eq!(only_first_two.metrics["acc_norm"].value, 1.0);
+        let ci = score.metrics["acc_norm"].ci95.unwrap();
+        assert!(ci.0 <= 0.5 && 0.5 <= ci.1, "{ci:?}");
+        assert!(score.metrics["acc_norm"]
+            .label
+            .contains("Open LLM Leaderboard v1"));
+    }
+
+    #[test]
+    fn generative_mode_reports_acc_only_and_counts_unparseable() {
+        let s = suite(serde_json::json!({}));
+        let mut bad = outcome_from(&item(&["a", "b"], 0), &[0.0, -1.0]);
+        bad.prediction = None;
+        bad.prediction_norm = None;
+        bad.unparseable = true;
+        let good = ItemOutcome {
+            prediction_norm: None,
+            ..outcome_from(&item(&["a", "b"], 0), &[0.0, -1.0])
+        };
+        let score = s.aggregate(&[good, bad], ScoringMode::Generative);
+        assert_eq!(score.headline, "acc");
+        assert_eq!(score.metrics["acc"].value, 0.5);
+        assert!(!score.metrics.contains_key("acc_norm"));
+        assert_eq!(score.n_unparseable, 1);
+        assert!(score.metrics["acc"].label.contains("generative"));
+        let empty = s.aggregate(&[], ScoringMode::Loglikelihood);
+        assert!(empty.metrics.is_empty() && empty.headline_value().is_none());
+    }
+
+    #[test]
+    fn leaderboard_v1_order_and_parquet_export() {
+        let v1 = suite(serde_json::json!({ "fewshot": "leaderboard-v1", "limit": 2 }))
+            .items()
+            .unwrap();
+        // CPython: Random(42).shuffle(list(range(1172)))[:2] == [595, 716]
+        assert_eq!(v1[0].doc_id, "test/595");
+        assert_eq!(v1[1].doc_id, "test/716");
+        assert!(
+            v1[0].context.starts_with("Question: "),
+            "{}",
+            &v1[0].context[..40]
+        );
+
+        // The same rows in the Hugging Face layout give the same items.
+        let dir = tempfile::tempdir().unwrap();
+        for (split, file) in [
+            ("train", "ARC-Challenge-Train.jsonl"),
+            ("test", "ARC-Challenge-Test.jsonl"),
+        ] {
+            let path = crate::testdata().join("arc_challenge").join(file);
+            let rows: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let s = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+            let choice_field = |r: &serde_json::Value, f: &str| -> Vec<String> {
+                r["question"]["choices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| s(&c[f]))
+                    .collect()
+            };
+            use crate::data::testutil as t;
+            t::write(
+                &dir.path().join(format!(
+                    "arc_challenge/ARC-Challenge/{split}-00000-of-00001.parquet"
+                )),
+                vec![
+                    (
+                        "id",
+                        t::strings(&rows.iter().map(|r| s(&r["id"])).collect::<Vec<_>>()),
+                    ),
+                    (
+                        "question",
+                        t::strings(
+                            &rows
+                                .iter()
+                                .map(|r| s(&r["question"]["stem"]))
+                                .collect::<Vec<_>>(),
+                        ),
+                    ),
+                    (
+                        "choices",
+                        t::structs(vec![
+                            (
+                                "text",
+                                t::string_lists(
+                                    &rows
+                                        .iter()
+                                        .map(|r| choice_field(r, "text"))
+                                        .collect::<Vec<_>>(),
+                                ),
+                            ),
+                            (
+                                "label",
+                                t::string_lists(
+                                    &rows
+                                        .iter()
+                                        .map(|r| choice_field(r, "label"))
+                                        .collect::<Vec<_>>(),
+                                ),
+                            ),
+                        ]),
+                    ),
+                    (
+                        "answerKey",
+                        t::strings(&rows.iter().map(|r| s(&r["answerKey"])).collect::<Vec<_>>()),
+                    ),
+                ],
+            );
+        }
+        let cfg = serde_json::json!({ "data_dir": dir.path(), "limit": 2 });
+        let hf = Registry::builtin().suite(KEY, &cfg).unwrap();
+        let items = hf.items().unwrap();
+        assert_eq!(
+            sha256(&items[0].context),
+            "ec6e8357b5b148ecbdbd55332fae25de39b99b22e3ae31987d623090ba6dc8d3"
+        );
+        assert_eq!(
+            sha256(&items[1].context),
+            "14f43fc72d8bad730dfd4b28ce6f7de8a15bcd580785a61333898aaf9e126adc"
+        );
+        assert!(hf.info().data.contains("allenai/ai2_arc parquet"));
+    }
+
+    #[test]
+    fn a_bad_answer_key_names_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = r#"{"id":"x","question":{"stem":"Q?","choices":[{"text":"a","label":"A"},{"text":"b","label":"B"}]},"answerKey":"A"}"#;
+        let bad = good.replace(r#""answerKey":"A""#, r#""answerKey":"3""#);
+        std::fs::write(dir.path().join("ARC-Challenge-Train.jsonl"), good).unwrap();
+        std::fs::write(
+            dir.path().join("ARC-Challenge-Test.jsonl"),
+            format!("{good}\n{bad}\n"),
+        )
+        .unwrap();
+        let e = load(Some(dir.path())).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "ARC-Challenge-Test.jsonl:2: answerKey: `3` is not one of the choice labels"
+            ),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("ARC-Challenge-Test.jsonl"),
+            good.replace("stem", "stm"),
+        )
+        .unwrap();
+        let e = load(Some(dir.path())).unwrap_err().to_string();
+        assert!(
+            e.contains("ARC-Challenge-Test.jsonl:1: question: missing field `stem`"),
+            "{e}"
+        );
     }
 }

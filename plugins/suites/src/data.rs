@@ -237,3 +237,175 @@ fn list(inner: &dyn Array) -> Result<Value, String> {
 pub fn describe(path: &Path, what: &str) -> String {
     format!("{} ({what})", path.display())
 }
+
+/// The parquet files [`parquet_shards`] accepts for `splits` in `dir`, for error messages.
+pub fn describe_parquet(dir: &Path, splits: &str, what: &str) -> String {
+    format!(
+        "{}/{{{splits}}}{{-*.parquet,/*.parquet}} ({what})",
+        dir.display()
+    )
+}
+
+/// Writing small parquet files in the Hugging Face layouts, for tests.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use arrow::array::{
+        ArrayRef, Int32Array, Int64Array, ListBuilder, StringArray, StringBuilder, StructArray,
+    };
+    use arrow::datatypes::Field;
+    use arrow::record_batch::RecordBatch;
+    use parquet::arrow::ArrowWriter;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// A string column.
+    pub fn strings<S: AsRef<str>>(v: &[S]) -> ArrayRef {
+        Arc::new(StringArray::from(
+            v.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// A `list<string>` column.
+    pub fn string_lists(v: &[Vec<String>]) -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for row in v {
+            for s in row {
+                b.values().append_value(s);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    }
+
+    /// An int64 column.
+    pub fn int64s(v: &[i64]) -> ArrayRef {
+        Arc::new(Int64Array::from(v.to_vec()))
+    }
+
+    /// An int32 column.
+    pub fn int32s(v: &[i32]) -> ArrayRef {
+        Arc::new(Int32Array::from(v.to_vec()))
+    }
+
+    /// A struct column.
+    pub fn structs(fields: Vec<(&str, ArrayRef)>) -> ArrayRef {
+        let parts: Vec<(Arc<Field>, ArrayRef)> = fields
+            .into_iter()
+            .map(|(n, a)| (Arc::new(Field::new(n, a.data_type().clone(), true)), a))
+            .collect();
+        Arc::new(StructArray::from(parts))
+    }
+
+    /// Writes one parquet file (creating its directory).
+    pub fn write(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Row {
+        name: String,
+        tags: Vec<String>,
+        n: i64,
+        inner: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Inner {
+        label: Vec<String>,
+    }
+
+    #[test]
+    fn parquet_rows_become_json_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x/train-00000-of-00001.parquet");
+        write(
+            &p,
+            vec![
+                ("name", strings(&["a", "b"])),
+                ("tags", string_lists(&[vec!["x".into()], vec![]])),
+                ("n", int32s(&[1, -2])),
+                (
+                    "inner",
+                    structs(vec![(
+                        "label",
+                        string_lists(&[vec!["A".into(), "B".into()], vec!["1".into()]]),
+                    )]),
+                ),
+            ],
+        );
+        let rows: Vec<Row> = read_parquet("t", &p).unwrap();
+        assert_eq!(
+            rows[1],
+            Row {
+                name: "b".into(),
+                tags: vec![],
+                n: -2,
+                inner: Inner {
+                    label: vec!["1".into()]
+                }
+            }
+        );
+        assert_eq!(
+            parquet_shards(&dir.path().join("x"), "train"),
+            vec![p.clone()]
+        );
+        assert!(parquet_shards(&dir.path().join("x"), "test").is_empty());
+        // A wrong type names the file, the row and the field.
+        write(
+            &p,
+            vec![
+                ("name", strings(&["a"])),
+                ("tags", strings(&["x"])),
+                ("n", int64s(&[1])),
+            ],
+        );
+        let e = read_parquet::<Row>("t", &p).unwrap_err().to_string();
+        assert!(
+            e.contains("train-00000-of-00001.parquet: row 0: tags"),
+            "{e}"
+        );
+        std::fs::write(&p, b"not parquet").unwrap();
+        let e = read_parquet::<Row>("t", &p).unwrap_err().to_string();
+        assert!(e.contains("not a readable parquet file"), "{e}");
+    }
+
+    #[test]
+    fn converted_layout_shards_are_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["0001.parquet", "0000.parquet"].iter().enumerate() {
+            write(
+                &dir.path().join("test").join(name),
+                vec![("n", int64s(&[i as i64]))],
+            );
+        }
+        let shards = parquet_shards(dir.path(), "test");
+        assert!(
+            shards[0].ends_with("test/0000.parquet") && shards[1].ends_with("test/0001.parquet")
+        );
+    }
+
+    #[test]
+    fn jsonl_errors_name_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, "{\"n\": 1}\n\n{\"n\": \"x\"}\n").unwrap();
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct N {
+            n: i64,
+        }
+        let e = read_jsonl::<N>("t", &p).unwrap_err().to_string();
+        assert!(e.contains("a.jsonl:3: n: invalid type"), "{e}");
+    }
+}

@@ -1,15 +1,20 @@
 //! epi-bench benchmark suites: MMLU, ARC-Challenge, HellaSwag (exactly as lm-evaluation-harness) and prompt files.
 //!
-//! Each registry key has its own module ([`arc_challenge`]). The shared machinery reproduces
-//! lm-eval bit for bit: CPython's `random.Random` ([`pyrandom`]), the few-shot selection
-//! ([`fewshot`]), Python string methods ([`pystr`]), prompt assembly and scoring ([`mc`]); [`data`]
-//! finds and reads the data files.
+//! Each registry key has its own module: [`mmlu`], [`arc_challenge`], [`hellaswag`], [`prompts`].
+//! The shared machinery reproduces lm-eval bit for bit: CPython's `random.Random` ([`pyrandom`]),
+//! the few-shot selection ([`fewshot`]), Python string methods ([`pystr`]), prompt assembly and
+//! scoring ([`mc`]); [`data`] finds and reads the data files, and [`datasets`] describes what
+//! `epi datasets` fetches and how it verifies it. `docs/suites.md` is the user's description.
 #![deny(missing_docs)]
 
 pub mod arc_challenge;
 pub mod data;
+pub mod datasets;
 pub mod fewshot;
+pub mod hellaswag;
 pub mod mc;
+pub mod mmlu;
+pub mod prompts;
 pub mod pyrandom;
 pub mod pystr;
 
