@@ -8,3 +8,4 @@ mod schemas;
 mod plots;
 mod results;
 mod dynamic_plugin;
+mod monitor;

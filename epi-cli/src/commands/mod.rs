@@ -4,6 +4,7 @@ pub mod calculate;
 pub mod eval;
 pub mod export;
 pub mod list;
+pub mod monitor;
 pub mod plots;
 pub mod results;
 pub mod validate;
