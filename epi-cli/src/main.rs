@@ -34,10 +34,11 @@ enum Command {
     /// List registered plugins.
     #[command(subcommand)]
     List(commands::list::ListWhat),
-    /// Watch a power source live (epi-meter, rapl, nvml, csv replay, orchestrator); record a trace.
-    Monitor(commands::monitor::MonitorArgs),
     /// Run suites through a backend for accuracy alone (like lm-eval): records, summary, benchmark JSON.
     Eval(commands::eval::EvalArgs),
+    /// Benchmark data sets: fetch (download and verify) and list (what is found where).
+    #[command(subcommand)]
+    Datasets(commands::datasets::DatasetsCommand),
     /// Calculate EPI from a power trace and benchmark results.
     Calculate(commands::calculate::CalculateArgs),
     /// Validate a community submission directory.
@@ -66,8 +67,8 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::List(w) => commands::list::run(&ctx, w),
-        Command::Monitor(a) => commands::monitor::run(&ctx, a),
         Command::Eval(a) => commands::eval::run(&ctx, a),
+        Command::Datasets(c) => commands::datasets::run(&ctx, c),
         Command::Calculate(a) => commands::calculate::run(&ctx, a),
         Command::Validate(a) => commands::validate::run(&ctx, a),
         Command::Export(a) => commands::export::run(&ctx, a),

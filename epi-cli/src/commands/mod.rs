@@ -1,10 +1,10 @@
 //! One module per `epi` subcommand.
 
 pub mod calculate;
+pub mod datasets;
 pub mod eval;
 pub mod export;
 pub mod list;
-pub mod monitor;
 pub mod plots;
 pub mod results;
 pub mod validate;
