@@ -34,6 +34,8 @@ enum Command {
     /// List registered plugins.
     #[command(subcommand)]
     List(commands::list::ListWhat),
+    /// Watch a power source live (epi-meter, rapl, nvml, csv replay, orchestrator); record a trace.
+    Monitor(commands::monitor::MonitorArgs),
     /// Run suites through a backend for accuracy alone (like lm-eval): records, summary, benchmark JSON.
     Eval(commands::eval::EvalArgs),
     /// Benchmark data sets: fetch (download and verify) and list (what is found where).
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::List(w) => commands::list::run(&ctx, w),
+        Command::Monitor(a) => commands::monitor::run(&ctx, a),
         Command::Eval(a) => commands::eval::run(&ctx, a),
         Command::Datasets(c) => commands::datasets::run(&ctx, c),
         Command::Calculate(a) => commands::calculate::run(&ctx, a),

@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod eval;
 pub mod export;
 pub mod list;
+pub mod monitor;
 pub mod plots;
 pub mod results;
 pub mod validate;
