@@ -9,3 +9,4 @@ mod plots;
 mod results;
 mod dynamic_plugin;
 mod monitor;
+mod datasets;

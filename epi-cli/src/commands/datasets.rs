@@ -210,12 +210,7 @@ fn fetch(ctx: &Context, a: &FetchArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
     println!("{} {}", ctx.bold("destination:"), dest.display());
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("epi-bench/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
+    let client = http_client()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -269,6 +264,16 @@ fn fetch(ctx: &Context, a: &FetchArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The HTTP client (rustls with the ring provider, installed once per process).
+fn http_client() -> Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("epi-bench/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")
 }
 
 /// Downloads `f` to `target` through a `.part` file, trying its URLs in order (a 404 moves on to
@@ -347,6 +352,81 @@ mod tests {
         assert_eq!(
             mirrored(u, Some("http://127.0.0.1:8000/m/")),
             "http://127.0.0.1:8000/m/huggingface.co/datasets/cais/mmlu/resolve/main/x.parquet"
+        );
+    }
+
+    /// A one-file HTTP server on 127.0.0.1: `/good/<name>` answers `body`, anything else 404.
+    fn serve(body: &'static [u8]) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                        break;
+                    }
+                }
+                let response = if line.contains(" /good/") {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec()
+                };
+                let _ = stream.write_all(&response);
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_404_moves_on_to_the_next_url_and_the_file_lands_verified() {
+        let url = serve(b"hello\n");
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("sub/hello.txt");
+        let f = RemoteFile {
+            urls: vec![
+                format!("{url}/missing/hello.txt"),
+                format!("{url}/good/hello.txt"),
+            ],
+            dest: "sub/hello.txt".into(),
+            // `git hash-object` of "hello\n".
+            check: datasets::Check::GitBlob("ce013625030ba8dba906f756967f9e9ca394464a"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = http_client().unwrap();
+        let (used, check) = rt.block_on(download(&client, &f, &target, None)).unwrap();
+        assert!(used.ends_with("/good/hello.txt"), "{used}");
+        assert!(
+            check.starts_with("git blob ce013625030b matches"),
+            "{check}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"hello\n");
+        let f = RemoteFile {
+            urls: vec![format!("{url}/missing/a"), format!("{url}/missing/b")],
+            ..f
+        };
+        let e = rt
+            .block_on(download(&client, &f, &target, None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not found at any URL") && e.contains("/missing/b: 404"),
+            "{e}"
         );
     }
 }
