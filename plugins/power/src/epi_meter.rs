@@ -1065,6 +1065,8 @@ pub struct EpiMeter {
     disconnected_since: Option<f64>,
     backoff_ms: u64,
     closed: bool,
+    /// The hello known when `open` returned (to tell whether the info changed since).
+    opened_hello: Option<Hello>,
 }
 
 impl std::fmt::Debug for EpiMeter {
@@ -1093,6 +1095,7 @@ impl EpiMeter {
             pending: Vec::new(),
             disconnected_since: None,
             closed: false,
+            opened_hello: None,
         })
     }
 
@@ -1339,6 +1342,7 @@ impl PowerSource for EpiMeter {
             }
         }
         self.port = Some(port);
+        self.opened_hello = self.stream.hello.clone();
         Ok(self.info(&clock))
     }
 
@@ -1372,6 +1376,14 @@ impl PowerSource for EpiMeter {
             s.disconnected_ms += (clock.now().mono_ms - since).max(0.0);
         }
         s
+    }
+
+    /// The info with the meter's latest `hello` when one arrived (or changed) after `open`.
+    fn current_info(&self) -> Option<SourceInfo> {
+        match self.clock {
+            Some(clock) if self.stream.hello != self.opened_hello => Some(self.info(&clock)),
+            _ => None,
+        }
     }
 
     async fn close(&mut self) -> Result<(), PowerError> {
@@ -1793,7 +1805,7 @@ mod tests {
                 dir.join("meter").display()
             ))
             .arg(format!(
-                "pty,raw,echo=0,link={}",
+                "pty,raw,echo=0,link={},wait-slave,pty-interval=0.02",
                 dir.join("host").display()
             ))
             .stderr(std::process::Stdio::null())
@@ -1877,6 +1889,7 @@ mod tests {
                 .write(true)
                 .open(&meter_path)
                 .unwrap();
+            let _ = f.write_all(b"{\"type\":\"hello\",\"fw\":\"0.2.0\",\"board\":\"epi-meter v1.0\",\"channels\":2,\"rate_hz\":50,\"ic\":\"ATM90E26\"}\n");
             for i in 7..40u32 {
                 if f.write_all(
                     format!(
@@ -1916,6 +1929,10 @@ mod tests {
             first_after.t_ms - samples[0].t_ms,
             first_after.source_t_ms.unwrap()
         );
+        // The hello that came after open updates the provenance.
+        let info = m.current_info().expect("a hello arrived after open");
+        assert_eq!(info.instrument, "epi-meter v1.0 fw 0.2.0, ATM90E26");
+        assert_eq!(info.sample_rate_hz, Some(50.0));
         m.close().await.unwrap();
         w.join().unwrap();
     }
