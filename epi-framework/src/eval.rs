@@ -284,6 +284,9 @@ pub struct SuiteRun {
     pub method: Option<String>,
     /// First and last instants of the suite's queries, s since the origin.
     pub span_s: Option<(f64, f64)>,
+    /// Distinct errors of failed queries (up to 20) and how many queries each failed.
+    #[serde(default)]
+    pub errors: BTreeMap<String, usize>,
 }
 
 impl SuiteRun {
@@ -410,6 +413,7 @@ impl<'a> Evaluator<'a> {
             token_count_sources: BTreeMap::new(),
             method: None,
             span_s: None,
+            errors: BTreeMap::new(),
         });
         let run_index = self.runs.len() - 1;
         let total = items.len();
@@ -480,6 +484,11 @@ impl<'a> Evaluator<'a> {
                 None => (done.record.start_s, done.record.end_s),
                 Some((a, b)) => (a.min(done.record.start_s), b.max(done.record.end_s)),
             });
+            if let Some(e) = &done.record.error {
+                if run.errors.len() < 20 || run.errors.contains_key(e) {
+                    *run.errors.entry(e.clone()).or_default() += 1;
+                }
+            }
             sink.push(done.record)?;
             let pos = indexed.partition_point(|(i, _)| *i < done.index);
             indexed.insert(pos, (done.index, done.outcome));
@@ -941,6 +950,8 @@ mod tests {
         assert_eq!(run.cached_tokens, 450);
         assert_eq!(run.requests, 10);
         assert_eq!(run.method.as_deref(), Some("top-n"));
+        assert_eq!(run.errors.len(), 1);
+        assert!(run.errors.keys().next().unwrap().contains("HTTP 500"));
         let score = run.score.unwrap();
         // Every successful item predicts its gold; item 3 failed: 5/6.
         assert!((score.metrics["acc"].value - 5.0 / 6.0).abs() < 1e-12);

@@ -10,3 +10,4 @@ mod results;
 mod dynamic_plugin;
 mod monitor;
 mod datasets;
+mod eval;

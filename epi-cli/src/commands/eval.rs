@@ -65,6 +65,10 @@ pub struct EvalArgs {
         required = true
     )]
     pub suites: Vec<String>,
+    /// Any other suite setting, `SUITE.KEY=VALUE` (a TOML value, or a bare string); repeatable,
+    /// e.g. `mmlu.subjects=["abstract_algebra"]`.
+    #[arg(long = "suite-option", short = 'S', value_name = "SUITE.KEY=VALUE")]
+    pub suite_options: Vec<String>,
     /// Evaluate only the first N items of each suite (lm-eval `--limit`; per subject for MMLU).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -151,9 +155,29 @@ fn backend_config(ctx: &Context, a: &EvalArgs) -> Result<PluginConfig> {
     Ok(merge_config(&base, &Value::Object(o)))
 }
 
-fn suite_config(ctx: &Context, a: &EvalArgs, key: &str) -> PluginConfig {
+fn suite_config(ctx: &Context, a: &EvalArgs, key: &str) -> Result<PluginConfig> {
     let base = ctx.config.plugin_config(PluginKind::Suite, key);
     let mut o = Map::new();
+    for opt in &a.suite_options {
+        let (k, v) = parse_option(opt).map_err(|e| {
+            anyhow!(
+                "{}",
+                e.to_string().replace("--backend-option", "--suite-option")
+            )
+        })?;
+        let (suite, k) = k
+            .split_once('.')
+            .ok_or_else(|| anyhow!("--suite-option `{opt}`: expected SUITE.KEY=VALUE (e.g. mmlu.subjects=[\"anatomy\"])"))?;
+        if !a.suites.iter().any(|s| s.trim() == suite) {
+            bail!(
+                "--suite-option `{opt}`: `{suite}` is not one of the suites run ({})",
+                a.suites.join(", ")
+            );
+        }
+        if suite == key {
+            o.insert(k.to_string(), v);
+        }
+    }
     if let Some(n) = a.limit {
         o.insert("limit".into(), json!(n));
     }
@@ -167,7 +191,7 @@ fn suite_config(ctx: &Context, a: &EvalArgs, key: &str) -> PluginConfig {
         }
         _ => {}
     }
-    merge_config(&base, &Value::Object(o))
+    Ok(merge_config(&base, &Value::Object(o)))
 }
 
 /// Why the run ended.
@@ -197,7 +221,7 @@ pub fn run(ctx: &Context, a: &EvalArgs) -> Result<ExitCode> {
         }
         let s = ctx
             .registry
-            .suite(key, &suite_config(ctx, a, key))
+            .suite(key, &suite_config(ctx, a, key)?)
             .with_context(|| format!("suite `{key}`"))?;
         suites.push((key.to_string(), s));
     }
@@ -535,6 +559,7 @@ fn suite_json(run: &SuiteRun, score: Option<&SuiteScore>) -> Value {
         "requests": run.requests,
         "token_count_sources": run.token_count_sources,
         "span_s": run.span_s,
+        "errors": run.errors,
         "data": run.info.data,
     })
 }
@@ -605,6 +630,9 @@ fn print_table(
             ));
         }
         println!("{line}");
+        for (e, n) in run.errors.iter().take(3) {
+            println!("    {n}× {e}");
+        }
     }
     if matches!(ending, Ending::Interrupted) {
         println!("  (interrupted: scores cover the finished items only)");
