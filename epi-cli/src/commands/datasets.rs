@@ -300,8 +300,11 @@ async fn download(
     for original in &f.urls {
         let url = mirrored(original, mirror);
         let mut req = client.get(&url);
-        if let (Ok(token), true) = (std::env::var("HF_TOKEN"), url.contains("huggingface.co/")) {
-            req = req.bearer_auth(token);
+        // The token goes to huggingface.co only, never to a mirror.
+        if mirror.is_none() && original.starts_with("https://huggingface.co/") {
+            if let Ok(token) = std::env::var("HF_TOKEN") {
+                req = req.bearer_auth(token);
+            }
         }
         let resp = req.send().await.with_context(|| format!("GET {url}"))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
