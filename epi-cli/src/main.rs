@@ -58,6 +58,9 @@ enum Command {
     Timeline(commands::plots::TimelineArgs),
     /// EPI against a surgery parameter, with the knee marked.
     Curve(commands::plots::CurveArgs),
+    /// Power traces from other machines: pull a UTC window of the Orchestrator's log over SSH.
+    #[command(subcommand)]
+    Trace(commands::trace::TraceCommand),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Bars(a) => commands::plots::bars(&ctx, a),
         Command::Timeline(a) => commands::plots::timeline(&ctx, a),
         Command::Curve(a) => commands::plots::curve(&ctx, a),
+        Command::Trace(c) => commands::trace::run(&ctx, c),
     };
     match result {
         Ok(code) => code,

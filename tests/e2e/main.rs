@@ -9,5 +9,6 @@ mod plots;
 mod results;
 mod dynamic_plugin;
 mod monitor;
+mod trace_pull;
 mod datasets;
 mod eval;

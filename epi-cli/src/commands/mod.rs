@@ -8,4 +8,5 @@ pub mod list;
 pub mod monitor;
 pub mod plots;
 pub mod results;
+pub mod trace;
 pub mod validate;

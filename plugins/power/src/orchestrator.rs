@@ -31,7 +31,7 @@ use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistr
 use epi_framework::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
-use epi_framework::ssh::{ClockOffset, SshError, SshOptions, SshSession};
+use epi_framework::ssh::{ClockOffset, RemoteExit, SshError, SshOptions, SshSession};
 use epi_framework::PowerSource;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -848,16 +848,41 @@ impl OrchestratorSource {
                 }
                 state.last_meter_t = Some(t);
             }
-            let energy_j = row.wh.map(|wh| {
-                let j = wh * 3600.0;
-                if let Some(last) = state.last_wh_j {
-                    if reboot || j < last - 0.0036 {
+            let mut counter_back = None;
+            let energy_j = match (row.wh, state.last_wh_j) {
+                (None, _) => None,
+                (Some(wh), None) => {
+                    state.last_wh_j = Some(wh * 3600.0);
+                    Some(state.base_j + wh * 3600.0)
+                }
+                (Some(wh), Some(last)) => {
+                    let j = wh * 3600.0;
+                    if reboot || j < last * 0.5 {
+                        // The counter restarted (meter reboot or reset): continue from where it was.
                         state.base_j += last;
+                        state.last_wh_j = Some(j);
+                        Some(state.base_j + j)
+                    } else if j < last {
+                        // A counter must not go back: this reading is held at the last value
+                        // (the counter's monotone envelope) and reported.
+                        counter_back = Some((last, j));
+                        Some(state.base_j + last)
+                    } else {
+                        state.last_wh_j = Some(j);
+                        Some(state.base_j + j)
                     }
                 }
-                state.last_wh_j = Some(j);
-                state.base_j + j
-            });
+            };
+            if let Some((last, j)) = counter_back {
+                batch.events.push(SourceEvent {
+                    host_mono_ms: arrival.map(|a| a.mono_ms).unwrap_or(0.0),
+                    kind: "counter-went-back".into(),
+                    detail: format!(
+                        "node {}: wh went back from {} J to {j} J (row id {}); energy_j held at the last value",
+                        row.node, last, row.id
+                    ),
+                });
+            }
             if reboot {
                 self.stats.reboots += 1;
                 batch.events.push(SourceEvent {
@@ -897,42 +922,39 @@ impl OrchestratorSource {
         self.pending_events
             .push(self.offset_event("start", &offset));
 
-        let version = session
-            .run(
-                &[self.config.sqlite3.as_str(), "-version"],
-                self.plan.timeout,
-            )
-            .await
-            .map_err(|e| self.ssh_err(e))?;
-        if !version.status.success() {
-            return Err(io_err(format!(
-                "{}: cannot run `{}` ({}): {} — install it on the Orchestrator (apt install sqlite3) or set `sqlite3` to its path",
-                self.plan.ssh.destination(),
-                self.config.sqlite3,
-                version.status,
-                version.stderr_text().trim()
-            )));
-        }
-        let sqlite_version = version
-            .stdout_text()
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string();
-
         let t = self.table_clause();
         let table_lit = format!("'{}'", self.config.power_table);
         let id = q(&self.config.columns.id);
         let ts = q(&self.config.columns.ts_utc_ms);
         let node = q(&self.config.columns.node_id);
         let schema = format!(
-            "SELECT 'S', name FROM sqlite_master WHERE type = 'table'; SELECT 'P', name FROM pragma_table_info({table_lit});"
+            "SELECT 'V', sqlite_version(); SELECT 'S', name FROM sqlite_master WHERE type = 'table'; \
+             SELECT 'P', name FROM pragma_table_info({table_lit});"
         );
-        let first = self
-            .query(&session, &format!("BEGIN; {schema} COMMIT;"))
-            .await
-            .map_err(|e| self.ssh_err(e))?;
-        self.check_schema(&parse_reply(&first))?;
+        let first = match self.query(&session, &format!("BEGIN; {schema} COMMIT;")).await {
+            Ok(text) => parse_reply(&text),
+            Err(SshError::RemoteFailed {
+                status: RemoteExit::Code(126 | 127),
+                stderr,
+                ..
+            }) => {
+                return Err(io_err(format!(
+                    "{}: cannot run `{}`: {} — install it on the Orchestrator (apt install sqlite3) or set `sqlite3` to its path",
+                    self.plan.ssh.destination(),
+                    self.config.sqlite3,
+                    stderr.trim()
+                )))
+            }
+            Err(e) => return Err(self.ssh_err(e)),
+        };
+        self.check_schema(&first)?;
+        let sqlite_version = first
+            .tagged
+            .get("V")
+            .and_then(|r| r.first())
+            .and_then(|r| r.first())
+            .cloned()
+            .unwrap_or_default();
 
         let wh_present = !self.config.columns.wh.is_empty();
         let (sql, zero) = match self.plan.window {

@@ -525,3 +525,62 @@ fn host_key_and_user_key_are_checked() {
         assert!(e.contains("authentication failed"), "{e}");
     });
 }
+
+fn row(id: i64, node: u32, seq: i64, meter_t: i64, wh: f64) -> Result<DbRow, String> {
+    Ok(DbRow {
+        id,
+        ts: 1000 + id * 100,
+        node,
+        watts: 5.0,
+        volts: None,
+        amps: None,
+        pf: None,
+        wh: Some(wh),
+        meter_t: Some(meter_t),
+        seq: Some(seq),
+    })
+}
+
+#[test]
+fn sequence_gaps_wraps_reboots_and_counter_glitches() {
+    let mut s = OrchestratorSource::new(parse_config(KEY, &base_config()).unwrap()).unwrap();
+    let max = u32::MAX as i64;
+    let b = s.rows_to_samples(vec![
+        row(1, 0, max - 1, 100, 1.0),
+        row(2, 0, max, 200, 2.0),
+        row(3, 0, 0, 300, 3.0),   // u32 wrap: nothing lost, no reboot
+        row(4, 0, 3, 400, 2.999), // seq 1, 2 lost; counter glitch: held
+        row(5, 0, 4, 500, 4.0),
+        row(6, 0, 1, 10, 0.5), // reboot: seq and t_ms back, counter restarts
+        row(7, 0, 2, 20, 0.75),
+        Err("watts_rms: not a number (text or blob)".into()),
+    ]);
+    let e: Vec<f64> = b.samples.iter().map(|x| x.energy_j.unwrap()).collect();
+    assert_eq!(
+        e,
+        vec![
+            3600.0,
+            7200.0,
+            10800.0,
+            10800.0,
+            14400.0,
+            14400.0 + 1800.0,
+            14400.0 + 2700.0
+        ]
+    );
+    let st = s.stats();
+    assert_eq!(st.lost_samples, 2);
+    assert_eq!(st.reboots, 1);
+    assert_eq!(st.bad_lines, 1);
+    assert_eq!(st.samples, 7);
+    let kinds: Vec<&str> = b.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec!["lost-samples", "counter-went-back", "reboot", "bad-line"],
+        "{:?}",
+        b.events
+    );
+    // Without a clock offset measured, t_ms is ts − zero.
+    assert_eq!(b.samples[0].t_ms, 1100.0);
+    assert_eq!(b.samples[0].source_t_ms, Some(1100.0));
+}
