@@ -672,3 +672,147 @@ fn usage_and_configuration_errors_are_clear() {
         }
     }
 }
+
+/// `epi monitor --host …` drives the `orchestrator` source (SQLite over SSH, tail mode) with the
+/// SSH flags mapped onto its settings, against a real sshd and a database being written.
+#[test]
+fn monitor_with_host_tails_the_orchestrator_database() {
+    if !have_tool("sshd") || !have_tool("ssh-keygen") || !have_tool("sqlite3") {
+        return;
+    }
+    let sshd = epi_framework::testing::Sshd::start().expect("start sshd");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("telemetry.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(
+            "CREATE TABLE epi_power_traces (id INTEGER PRIMARY KEY, ts_utc_ms INTEGER NOT NULL, meter_t_ms INTEGER,
+               seq INTEGER, node_id INTEGER NOT NULL, watts_rms REAL NOT NULL, volts_rms REAL, amps_rms REAL,
+               power_factor REAL, wh REAL);",
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        d.join("epi-bench.toml"),
+        format!(
+            "[orchestrator]\ndb_path = {:?}\npoll_interval_ms = 100\n",
+            db.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // The Orchestrator logging the meter: 10 Hz, 2 nodes, written while epi watches.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            let mut seq = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                for node in 0..2i64 {
+                    c.execute(
+                        "INSERT INTO epi_power_traces (ts_utc_ms, meter_t_ms, seq, node_id, watts_rms, volts_rms, amps_rms, power_factor, wh)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 121.0, 0.1, 0.99, ?6)",
+                        rusqlite::params![now, seq * 100, seq, node, 10.0 + node as f64, seq as f64 / 3600.0],
+                    )
+                    .unwrap();
+                }
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let rec = d.join("orch.csv");
+    let port = sshd.port().to_string();
+    let identity = sshd.user_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    let o = epi(
+        d,
+        &[
+            "monitor",
+            "--host",
+            sshd.host(),
+            "--user",
+            sshd.user(),
+            "--ssh-port",
+            &port,
+            "--identity",
+            &identity,
+            "--known-hosts",
+            &known,
+            "--duration",
+            "4",
+            "--record",
+            rec.to_str().unwrap(),
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let mut r = TraceReader::open(&rec).unwrap();
+    let mut n = 0;
+    while let Some((_, row)) = r.next_row().unwrap() {
+        assert!(
+            row.node < 2 && (row.watts == 10.0 || row.watts == 11.0),
+            "{row:?}"
+        );
+        n += 1;
+    }
+    assert!(n >= 20, "{n} rows tailed in 4 s of 2 × 10 Hz");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("orch.csv.meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["source"]["source"], "orchestrator");
+    assert_eq!(meta["stats"]["samples"].as_u64().unwrap(), n);
+}
+
+#[test]
+fn the_ssh_flags_reach_the_orchestrator_source() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: the error names the user, host and port the flags gave.
+    let o = epi(
+        dir.path(),
+        &[
+            "monitor",
+            "--host",
+            "127.0.0.1",
+            "--user",
+            "epi-test",
+            "--ssh-port",
+            "1",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("epi-test@127.0.0.1:1"),
+        "{}",
+        stderr(&o)
+    );
+    // --host with a source that has no such setting is refused by that source.
+    let o = epi(
+        dir.path(),
+        &[
+            "monitor",
+            "--power",
+            "epi-meter",
+            "--port",
+            "/dev/x",
+            "--host",
+            "h",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).contains("unknown field `host`"),
+        "{}",
+        stderr(&o)
+    );
+}
