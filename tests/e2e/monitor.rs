@@ -816,3 +816,47 @@ fn the_ssh_flags_reach_the_orchestrator_source() {
         stderr(&o)
     );
 }
+
+/// `--live` on a terminal (a pseudo-terminal from `script`): the table is redrawn in place with
+/// cursor movements, never scrolled, and the final summary follows.
+#[test]
+fn live_redraws_the_table_in_place() {
+    if !have_tool("script") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("t.csv");
+    let mut text = String::from("timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor\n");
+    for i in 0..200 {
+        for n in 0..3 {
+            text.push_str(&format!(
+                "{},{n},{},120.0,0.1,0.98\n",
+                i * 10,
+                5.0 + n as f64
+            ));
+        }
+    }
+    std::fs::write(&src, text).unwrap();
+    let cmd = format!(
+        "{} monitor --power csv --file {} --set pace=recorded --live --every 0.2",
+        epi_bin().display(),
+        src.display()
+    );
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .current_dir(d)
+        .env("XDG_CONFIG_HOME", d.join(".no-user-config"))
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    // Redraws: cursor up + clear to the end of the screen, several times.
+    assert!(out.matches("\x1b[J").count() >= 3, "{out:?}");
+    assert!(
+        out.contains("cluster") && out.contains("node 2") && out.contains("lost samples 0"),
+        "{out}"
+    );
+    assert!(out.contains("source ended"), "{out}");
+}
