@@ -254,7 +254,7 @@ impl PowerSource for CsvReplay {
         }
         let mut samples = Vec::new();
         while samples.len() < self.config.batch_rows {
-            let Some(row) = self.next_row()? else {
+            let Some(mut row) = self.next_row()? else {
                 self.ended = true;
                 break;
             };
@@ -265,11 +265,14 @@ impl PowerSource for CsvReplay {
                 let due_ms = ((row.t_ms - t0) / self.config.speed).max(0.0);
                 let due = started + Duration::from_secs_f64(due_ms / 1000.0);
                 if due > tokio::time::Instant::now() {
+                    // Held across the wait, so a caller dropping this call loses nothing.
+                    self.held = Some(row);
                     if !samples.is_empty() {
-                        self.held = Some(row);
                         break;
                     }
                     tokio::time::sleep_until(due).await;
+                    let Some(r) = self.held.take() else { break };
+                    row = r;
                 }
             }
             samples.push(to_sample(&row));
@@ -453,6 +456,31 @@ mod tests {
         let t = std::time::Instant::now();
         drain(&mut s).await;
         assert!(t.elapsed().as_millis() < 200);
+    }
+
+    #[tokio::test]
+    async fn next_batch_is_cancel_safe() {
+        // A caller that gives up waiting (a timeout) and asks again loses no row.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        write_trace(&path, 8); // rows every 100 ms
+        let mut c = cfg(&path);
+        c.pace = Pace::Recorded;
+        let mut s = CsvReplay::new(c).unwrap();
+        s.open().await.unwrap();
+        let mut got = 0;
+        let mut timeouts = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(30), s.next_batch()).await {
+                Err(_) => timeouts += 1,
+                Ok(r) => match r.unwrap() {
+                    Some(b) => got += b.samples.len(),
+                    None => break,
+                },
+            }
+        }
+        assert_eq!(got, 16);
+        assert!(timeouts > 5, "{timeouts}");
     }
 
     #[tokio::test]

@@ -535,29 +535,28 @@ impl PowerSource for Rapl {
         })
     }
 
+    /// Cancel-safe: dropped while waiting for the tick, it leaves nothing half done (the readings
+    /// of a tick are delivered in the call that made them).
     async fn next_batch(&mut self) -> Result<Option<SampleBatch>, PowerError> {
-        let (Some(clock), Some(mut ticker)) = (self.clock, self.ticker.take()) else {
+        let Some(clock) = self.clock else {
             return Err(PowerError::Io {
                 source_key: KEY.into(),
                 message: "next_batch called before open or after close".into(),
             });
         };
         let mut samples = Vec::new();
-        let result = loop {
-            ticker.tick().await;
-            if let Err(e) = self.poll(&clock, &mut samples) {
-                break Err(e);
+        loop {
+            if let Some(ticker) = self.ticker.as_mut() {
+                ticker.tick().await;
             }
+            self.poll(&clock, &mut samples)?;
             if !samples.is_empty() || !self.events.is_empty() {
-                break Ok(());
+                return Ok(Some(SampleBatch {
+                    samples,
+                    events: std::mem::take(&mut self.events),
+                }));
             }
-        };
-        self.ticker = Some(ticker);
-        result?;
-        Ok(Some(SampleBatch {
-            samples,
-            events: std::mem::take(&mut self.events),
-        }))
+        }
     }
 
     fn stats(&self) -> SourceStats {
@@ -745,6 +744,27 @@ mod tests {
             .map(|x| x.energy_j.unwrap())
             .collect();
         assert_eq!(p, vec![0.0003]);
+    }
+
+    #[tokio::test]
+    async fn next_batch_is_cancel_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake_tree(root);
+        let mut s = source(root);
+        s.config.interval_ms = 50;
+        s.open().await.unwrap();
+        // Dropped while waiting for its tick: the source carries on.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), s.next_batch())
+                .await
+                .is_err()
+        );
+        set(root, "intel-rapl:0", 999_500);
+        set(root, "intel-rapl:0:1", 6_000);
+        set(root, "intel-rapl:1", 71_000);
+        let b = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(b.samples.len(), 6);
     }
 
     #[tokio::test]
