@@ -222,7 +222,9 @@ fn warm(p: &Path) {
     while f.read(&mut buf).expect("read") > 0 {}
 }
 
-/// Runs a command; returns (wall seconds, peak RSS KiB, stdout).
+/// Runs a command; returns (wall seconds, peak RSS KiB, stdout). The child is reaped with
+/// `wait4` (for its rusage), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> (f64, i64, String) {
     use std::io::Read;
     let start = Instant::now();

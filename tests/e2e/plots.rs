@@ -77,6 +77,40 @@ fn pareto_png_and_svg() {
         ],
     );
     let svg = svg_text(&d.join("p.svg"));
+    // what was computed: the random arm is dominated, everything else is on the frontier
+    let o = epi(
+        d,
+        &[
+            "pareto",
+            "--results-dir",
+            &ex,
+            "--output",
+            "q.svg",
+            "--report",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let labels = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = report["content"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["label"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        labels("dominated"),
+        vec![
+            "drop 16 experts (random)",
+            "drop 32 experts (random)",
+            "drop 64 experts (random)"
+        ]
+    );
+    assert_eq!(labels("frontier").len(), 9);
+    assert!(labels("frontier").contains(&"none (baseline)".to_string()));
     for t in [
         "Expert Pruning: Accuracy vs Energy",
         "none (baseline)",

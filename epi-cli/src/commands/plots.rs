@@ -50,6 +50,9 @@ pub struct FigureArgs {
     /// Figure size in inches, `WxH` (default: `[plotting] figsize`, 12x8).
     #[arg(long, value_name = "WxH")]
     pub figsize: Option<String>,
+    /// Print what was computed (frontier members, knees, bucket counts) as JSON.
+    #[arg(long)]
+    pub report: bool,
 }
 
 /// Options of `epi pareto`.
@@ -280,6 +283,10 @@ fn draw(
     let report = plot.render(&input, &spec)?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
+    }
+    if fig.report {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{} {key} plot written to {}",

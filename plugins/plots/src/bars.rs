@@ -103,7 +103,8 @@ pub fn bars(results: &[&EpiResult], sort_by: SortBy) -> Vec<Bar> {
             r.hardware.clone(),
         )
     };
-    let mut groups: Vec<((String, String, String, String), Vec<&EpiResult>)> = Vec::new();
+    type Key = (String, String, String, String);
+    let mut groups: Vec<(Key, Vec<&EpiResult>)> = Vec::new();
     for r in results {
         let k = key(r);
         match groups.iter_mut().find(|(g, _)| *g == k) {

@@ -62,7 +62,8 @@ pub fn knee(points: &[(f64, f64)]) -> Option<Knee> {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
             (lo.min(p.1), hi.max(p.1))
         });
-    if !(x1 > x0) || !(ymax > ymin) {
+    let spread = x1 > x0 && ymax > ymin;
+    if !spread {
         return None;
     }
     let norm = |p: (f64, f64)| ((p.0 - x0) / (x1 - x0), (p.1 - ymin) / (ymax - ymin));

@@ -649,7 +649,8 @@ pub(crate) fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
 /// The values of a string field of each result that differ between results, as `field` names in
 /// order: used to build labels and subtitles from what varies and what is common.
 pub(crate) fn describe(results: &[&epi_framework::EpiResult]) -> (Vec<&'static str>, Vec<String>) {
-    let fields: [(&'static str, fn(&epi_framework::EpiResult) -> &str); 4] = [
+    type Field = (&'static str, fn(&epi_framework::EpiResult) -> &str);
+    let fields: [Field; 4] = [
         ("model", |r| &r.model),
         ("quantization", |r| &r.quantization),
         ("surgery", |r| &r.surgery),

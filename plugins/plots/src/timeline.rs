@@ -531,39 +531,27 @@ impl TimelineFigure {
             last = Some(i);
         }
         let b = g.buckets(s);
+        // Each bucket: a filled column from its minimum to its maximum, one bucket wide (at least
+        // one pixel). The mean: separate two-point segments (a long polyline with a stroke width
+        // gets mitre joins that spike at the zig-zags of noisy data).
+        let band = colour.mix(0.35).filled();
+        let line = colour.stroke_width(c.upx(1.0));
         for run in &runs {
-            let mut poly: Vec<(i32, i32)> = run
-                .iter()
-                .map(|&i| chart.backend_coord(&(x_of(i), b[i].max)))
-                .collect();
-            poly.extend(
-                run.iter()
-                    .rev()
-                    .map(|&i| chart.backend_coord(&(x_of(i), b[i].min))),
-            );
-            if run.len() > 1 {
-                root.draw(&Polygon::new(poly.clone(), colour.mix(0.30).filled()))
-                    .map_err(e)?;
-            }
-            // The band's outline keeps one-pixel-wide extremes visible.
-            let upper: Vec<(i32, i32)> = poly[..run.len()].to_vec();
-            let lower: Vec<(i32, i32)> = poly[run.len()..].to_vec();
-            root.draw(&PathElement::new(
-                upper,
-                colour.mix(0.55).stroke_width(c.upx(0.6)),
-            ))
-            .map_err(e)?;
-            root.draw(&PathElement::new(
-                lower,
-                colour.mix(0.55).stroke_width(c.upx(0.6)),
-            ))
-            .map_err(e)?;
-            let mean: Vec<(i32, i32)> = run
-                .iter()
-                .map(|&i| chart.backend_coord(&(x_of(i), b[i].mean())))
-                .collect();
-            root.draw(&PathElement::new(mean, colour.stroke_width(c.upx(1.2))))
+            for &i in run {
+                let (x0, y_hi) = chart.backend_coord(&((g.start_of(i) - t0) / unit, b[i].max));
+                let (x1, y_lo) = chart.backend_coord(&((g.start_of(i + 1) - t0) / unit, b[i].min));
+                let x1 = x1.max(x0 + 1);
+                root.draw(&Rectangle::new(
+                    [(x0, y_hi), (x1, y_lo.max(y_hi + 1))],
+                    band,
+                ))
                 .map_err(e)?;
+            }
+            for w in run.windows(2) {
+                let a = chart.backend_coord(&(x_of(w[0]), b[w[0]].mean()));
+                let z = chart.backend_coord(&(x_of(w[1]), b[w[1]].mean()));
+                root.draw(&PathElement::new(vec![a, z], line)).map_err(e)?;
+            }
         }
         Ok(())
     }
