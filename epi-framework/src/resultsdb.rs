@@ -215,9 +215,9 @@ impl std::fmt::Debug for ResultsDb {
     }
 }
 
-const ROW_COLUMNS: &str = "r.id, r.logged_utc, r.run_id, r.model, r.quantization, r.surgery, r.hardware, \
-     r.epi, r.joules_per_token, r.accuracy, \
-     (SELECT json_group_array(tag) FROM (SELECT tag FROM result_tags t WHERE t.result_id = r.id ORDER BY tag))";
+const ROW_COLUMNS: &str =
+    "r.id, r.logged_utc, r.run_id, r.model, r.quantization, r.surgery, r.hardware, \
+     r.epi, r.joules_per_token, r.accuracy, '[]'";
 
 impl ResultsDb {
     /// Opens the database at `path`, creating it if it does not exist and upgrading an older
@@ -469,16 +469,14 @@ impl ResultsDb {
     pub fn query(&self, filter: &ResultFilter) -> Result<Vec<StoredResult>, Error> {
         let (where_sql, values) = filter.to_sql();
         let sql = format!(
-            "SELECT r.id, r.logged_utc, (SELECT json_group_array(tag) FROM (SELECT tag FROM result_tags t \
-             WHERE t.result_id = r.id ORDER BY tag)), r.json FROM results r {where_sql} ORDER BY r.id"
+            "SELECT r.id, r.logged_utc, '[]', r.json FROM results r {where_sql} ORDER BY r.id"
         );
         self.stored(&sql, &values)
     }
 
     /// One stored result by id.
     pub fn get(&self, id: i64) -> Result<Option<StoredResult>, Error> {
-        let sql = "SELECT r.id, r.logged_utc, (SELECT json_group_array(tag) FROM (SELECT tag FROM result_tags t \
-                   WHERE t.result_id = r.id ORDER BY tag)), r.json FROM results r WHERE r.id = ?";
+        let sql = "SELECT r.id, r.logged_utc, '[]', r.json FROM results r WHERE r.id = ?";
         Ok(self.stored(sql, &[id.to_string()])?.into_iter().next())
     }
 
@@ -563,6 +561,10 @@ impl ResultsDb {
             row.tags = self.parse_tags(row.id, &tags)?;
             out.push(row);
         }
+        let mut tags = self.tags_of(out.iter().map(|r| r.id))?;
+        for r in &mut out {
+            r.tags = tags.remove(&r.id).unwrap_or_default();
+        }
         Ok(out)
     }
 
@@ -592,7 +594,42 @@ impl ResultsDb {
                 result,
             });
         }
+        let mut tags = self.tags_of(out.iter().map(|r| r.id))?;
+        for r in &mut out {
+            r.tags = tags.remove(&r.id).unwrap_or_default();
+        }
         Ok(out)
+    }
+
+    /// The tags of the results `ids`, sorted, in one query (the ids travel as one JSON array
+    /// parameter).
+    fn tags_of(
+        &self,
+        ids: impl Iterator<Item = i64>,
+    ) -> Result<std::collections::HashMap<i64, Vec<String>>, Error> {
+        let ids: Vec<i64> = ids.collect();
+        let mut map: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(map);
+        }
+        let list = serde_json::to_string(&ids).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT result_id, tag FROM result_tags WHERE result_id IN (SELECT value FROM json_each(?)) \
+                 ORDER BY result_id, tag",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([list], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (id, tag) = row.map_err(|e| self.err(e))?;
+            map.entry(id).or_default().push(tag);
+        }
+        Ok(map)
     }
 
     fn parse_tags(&self, id: i64, json: &str) -> Result<Vec<String>, Error> {
