@@ -17,6 +17,7 @@ use epi_framework::suite::{Suite, SuiteItem, SuiteScore};
 use epi_framework::BenchmarkResult;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -429,7 +430,12 @@ pub fn run(ctx: &Context, a: &EvalArgs) -> Result<ExitCode> {
         .context("writing the summary JSON")?;
 
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        // A closed pipe (`| head`) is not an error of the run: the files are written.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&summary)?
+        );
     } else {
         print_table(ctx, &info, mode, &suite_rows, &ending);
         println!(
