@@ -628,7 +628,7 @@ fn print_table(
             run.failed(),
             run.unparseable()
         ));
-        if mode == ScoringMode::Loglikelihood && run.done() > 0 {
+        if mode == ScoringMode::Loglikelihood && run.info.has_accuracy && run.done() > 0 {
             line.push_str(&format!(
                 "  exact {}/{}",
                 run.done() - run.failed() - run.inexact_items,

@@ -407,8 +407,7 @@ impl OpenAiBackend {
         let url = format!("{}{}", s.root, path);
         let attempts = self.config.retries + 1;
         let mut last_err = String::new();
-        let mut connect_failures = 0u32;
-        let mut timeouts = 0u32;
+        let mut last = Failure::Http;
         for attempt in 0..attempts {
             if attempt > 0 {
                 let wait = self.config.retry_backoff_s * 2f64.powi(attempt as i32 - 1);
@@ -439,6 +438,7 @@ impl OpenAiBackend {
                                 body: body.to_vec(),
                             };
                             if status == 429 || status >= 500 {
+                                last = Failure::Http;
                                 last_err = format!(
                                     "{path}: HTTP {status}: {}",
                                     error_message(&reply.body)
@@ -448,39 +448,37 @@ impl OpenAiBackend {
                             return Ok((reply, t0.elapsed()));
                         }
                         Err(e) => {
-                            if e.is_timeout() {
-                                timeouts += 1;
-                            }
+                            last = Failure::of(&e);
                             last_err = format!("{path}: reading the reply: {}", describe(&e));
                         }
                     }
                 }
                 Err(e) => {
-                    if e.is_timeout() {
-                        timeouts += 1;
-                    } else if e.is_connect() {
-                        connect_failures += 1;
-                    }
+                    last = Failure::of(&e);
                     last_err = format!("{path}: {}", describe(&e));
                 }
             }
         }
-        if timeouts == attempts {
-            return Err(BackendError::Timeout {
+        Err(self.give_up(s, last, attempts, last_err))
+    }
+
+    /// The error after the last attempt failed: a server that refuses connections is
+    /// unavailable (dead), a timeout is a timeout, anything else a bad reply.
+    fn give_up(&self, s: &Session, last: Failure, attempts: u32, message: String) -> BackendError {
+        match last {
+            Failure::Connect => self.err_unavailable(format!(
+                "{} cannot be reached after {attempts} attempt(s) (did the server die?): {message}",
+                s.root
+            )),
+            Failure::Timeout => BackendError::Timeout {
                 backend: self.key.clone(),
                 attempts,
-                message: last_err,
-            });
+                message,
+            },
+            Failure::Http | Failure::Broken => self.err_bad(format!(
+                "no usable reply after {attempts} attempt(s): {message}"
+            )),
         }
-        if connect_failures > 0 {
-            return Err(self.err_unavailable(format!(
-                "{} cannot be reached after {attempts} attempt(s) (did the server die?): {last_err}",
-                s.root
-            )));
-        }
-        Err(self.err_unavailable(format!(
-            "no usable reply after {attempts} attempt(s): {last_err}"
-        )))
     }
 
     /// POSTs JSON and parses a JSON reply; non-2xx replies are errors with the server's message.
@@ -923,7 +921,7 @@ impl OpenAiBackend {
         let url = format!("{}{}", s.root, path);
         let attempts = self.config.retries + 1;
         let mut last = String::new();
-        let mut connect_failures = 0;
+        let mut last_kind = Failure::Http;
         for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs_f64(
@@ -948,9 +946,7 @@ impl OpenAiBackend {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    if e.is_connect() {
-                        connect_failures += 1;
-                    }
+                    last_kind = Failure::of(&e);
                     last = format!("{path}: {}", describe(&e));
                     continue;
                 }
@@ -960,6 +956,7 @@ impl OpenAiBackend {
                 let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                 last = format!("{path}: HTTP {status}: {}", error_message(&body));
                 if status == 429 || status >= 500 {
+                    last_kind = Failure::Http;
                     continue;
                 }
                 return Err(self.err_bad(last));
@@ -976,6 +973,7 @@ impl OpenAiBackend {
                 let (events, ended) = match stream.next().await {
                     Some(Ok(chunk)) => (reader.push(&chunk), false),
                     Some(Err(e)) => {
+                        last_kind = Failure::of(&e);
                         failed = Some(format!("{path}: the stream broke: {}", describe(&e)));
                         break;
                     }
@@ -1028,15 +1026,32 @@ impl OpenAiBackend {
             }
             return Ok((text, finish, usage, ttft));
         }
-        if connect_failures > 0 {
-            return Err(self.err_unavailable(format!(
-                "{} cannot be reached after {attempts} attempt(s) (did the server die?): {last}",
-                s.root
-            )));
+        Err(self.give_up(s, last_kind, attempts, last))
+    }
+}
+
+/// How an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection (refused, unreachable).
+    Connect,
+    /// No reply in time.
+    Timeout,
+    /// An HTTP 429 or 5xx reply.
+    Http,
+    /// The connection broke before the reply was complete.
+    Broken,
+}
+
+impl Failure {
+    fn of(e: &reqwest::Error) -> Failure {
+        if e.is_connect() {
+            Failure::Connect
+        } else if e.is_timeout() {
+            Failure::Timeout
+        } else {
+            Failure::Broken
         }
-        Err(self.err_unavailable(format!(
-            "no usable reply after {attempts} attempt(s): {last}"
-        )))
     }
 }
 
@@ -1617,6 +1632,94 @@ mod tests {
         assert!(parse_echo(&v, 12, &[vec![7042]])
             .unwrap_err()
             .contains("legacy"));
+    }
+
+    /// A server that answers every request with `reply` and keeps the raw requests it read.
+    async fn canned(
+        reply: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 65536];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = c.write_all(reply.as_bytes()).await;
+                let _ = c.shutdown().await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn generic(url: &str) -> OpenAiBackend {
+        let mut c = OpenAiConfig::new(url);
+        c.server = ServerKind::Generic;
+        c.model = Some("m".into());
+        c.retry_backoff_s = 0.01;
+        OpenAiBackend::new("openai", c)
+    }
+
+    #[tokio::test]
+    async fn persistent_server_errors_fail_the_query_not_the_run() {
+        let (url, seen) =
+            canned("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 28\r\nConnection: close\r\n\r\n{\"error\":{\"message\":\"boom\"}}").await;
+        let mut b = generic(&url);
+        b.start().await.unwrap();
+        let req = GenerateRequest {
+            prompt: "hi".into(),
+            chat: true,
+            max_tokens: 2,
+            stop: vec![],
+            stream: false,
+        };
+        let e = b.generate(&req).await.unwrap_err();
+        assert!(matches!(e, BackendError::BadReply { .. }), "{e}");
+        assert!(e.to_string().contains("HTTP 500: boom"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 3, "one attempt and two retries");
+    }
+
+    #[tokio::test]
+    async fn content_length_goes_out_in_title_case() {
+        let body =
+            r#"{"choices":[{"message":{"role":"assistant","content":"ok"},"finish_reason":""}]}"#;
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (url, seen) = canned(reply).await;
+        let mut b = generic(&url);
+        b.start().await.unwrap();
+        let req = GenerateRequest {
+            prompt: "hi".into(),
+            chat: true,
+            max_tokens: 2,
+            stop: vec![],
+            stream: false,
+        };
+        assert_eq!(b.generate(&req).await.unwrap().text, "ok");
+        let raw = seen.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            raw.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("\r\nContent-Length: "), "{raw}");
+        assert!(!raw.contains("content-length"), "{raw}");
+        assert!(
+            raw.contains("\r\nContent-Type: application/json\r\n"),
+            "{raw}"
+        );
     }
 
     #[test]
