@@ -284,6 +284,10 @@ pub struct SuiteRun {
     pub method: Option<String>,
     /// First and last instants of the suite's queries, s since the origin.
     pub span_s: Option<(f64, f64)>,
+    /// Finished queries whose generated-token count the backend could not give (e.g. streamed
+    /// replies without usage and no tokenizer): token totals undercount by these.
+    #[serde(default)]
+    pub tokens_unknown: usize,
     /// Distinct errors of failed queries (up to 20) and how many queries each failed.
     #[serde(default)]
     pub errors: BTreeMap<String, usize>,
@@ -413,6 +417,7 @@ impl<'a> Evaluator<'a> {
             token_count_sources: BTreeMap::new(),
             method: None,
             span_s: None,
+            tokens_unknown: 0,
             errors: BTreeMap::new(),
         });
         let run_index = self.runs.len() - 1;
@@ -484,6 +489,9 @@ impl<'a> Evaluator<'a> {
                 None => (done.record.start_s, done.record.end_s),
                 Some((a, b)) => (a.min(done.record.start_s), b.max(done.record.end_s)),
             });
+            if done.record.error.is_none() && done.record.tokens_out.is_none() {
+                run.tokens_unknown += 1;
+            }
             if let Some(e) = &done.record.error {
                 if run.errors.len() < 20 || run.errors.contains_key(e) {
                     *run.errors.entry(e.clone()).or_default() += 1;
@@ -986,6 +994,7 @@ mod tests {
         // 0 → A (gold 0) ok, 1 → B ok, 4 → A (gold 0) ok, 5 → B (gold 1) ok.
         assert!((run.score.unwrap().metrics["acc"].value - 4.0 / 6.0).abs() < 1e-12);
         assert_eq!(run.token_count_sources.get("usage"), Some(&5));
+        assert_eq!(run.tokens_unknown, 0);
         let prompts = backend.prompts.lock().unwrap();
         assert!(prompts[0].ends_with("D. yellowish\nAnswer:"));
         let recs = crate::records::read_jsonl_records(&dir.path().join("records.jsonl")).unwrap();

@@ -487,6 +487,28 @@ fn arc_and_mmlu_through_distributed_llama_are_generative() {
 }
 
 #[test]
+fn streamed_dllama_replies_have_no_token_counts_so_no_benchmark_json() {
+    let Some(c) = Cluster::new(0) else { return };
+    let out = c.dir.path().join("run");
+    let mut args = c.args(&out);
+    args.push("--stream".into());
+    let o = epi(
+        c.dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no benchmark JSON"), "{}", stderr(&o));
+    assert!(!out.join("benchmark.json").exists());
+    let recs = records(&out);
+    assert!(recs
+        .iter()
+        .all(|r| r.tokens_out.is_none() && r.ttft_s.is_some()));
+    let s = summary(&out);
+    assert_eq!(s["suites"][0]["tokens_unknown"], 3);
+    assert_eq!(s["suites"][0]["token_count_sources"]["unknown"], 3);
+}
+
+#[test]
 fn forcing_loglikelihood_on_distributed_llama_fails_and_stops_the_cluster() {
     let Some(c) = Cluster::new(0) else { return };
     let out = c.dir.path().join("run");

@@ -349,7 +349,14 @@ pub fn run(ctx: &Context, a: &EvalArgs) -> Result<ExitCode> {
     // The benchmark JSON: complete runs only (a partial accuracy is not a benchmark result).
     let benchmark_path = out_dir.join("benchmark.json");
     let mut benchmark_written = false;
-    if complete {
+    let tokens_unknown: usize = runs.iter().map(|r| r.tokens_unknown).sum();
+    if complete && tokens_unknown > 0 {
+        eprintln!(
+            "warning: no benchmark JSON: the generated-token count of {tokens_unknown} queries is unknown \
+             (streamed replies without usage?), so total_tokens would be wrong; run without --stream"
+        );
+    }
+    if complete && tokens_unknown == 0 {
         let mut b = BenchmarkResult {
             model: a
                 .model_name
@@ -566,6 +573,7 @@ fn suite_json(run: &SuiteRun, score: Option<&SuiteScore>) -> Value {
         "token_count_sources": run.token_count_sources,
         "span_s": run.span_s,
         "errors": run.errors,
+        "tokens_unknown": run.tokens_unknown,
         "data": run.info.data,
     })
 }
