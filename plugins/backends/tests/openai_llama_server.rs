@@ -331,3 +331,84 @@ async fn a_dead_server_is_reported_not_waited_on() {
     let e = c.start().await.unwrap_err();
     assert!(matches!(e, BackendError::Unavailable { .. }), "{e}");
 }
+
+/// Sends raw bytes and returns the raw reply (the double closes the connection on errors, and on
+/// `Connection: close`).
+fn raw(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn the_double_answers_the_recorded_edge_cases_like_llama_server() {
+    if !have_python() {
+        return;
+    }
+    let d = Double::llama_server(&[]);
+    let recorded = |name: &str| {
+        let t = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/llama-server")
+                .join(name),
+        )
+        .unwrap();
+        t.split("\r\n\r\n").next().unwrap().to_string()
+    };
+    // Not JSON: 400 with an `error` object and `Connection: close`, headers as recorded.
+    let body = r#"{"prompt": [1, 2"#;
+    let r = raw(
+        d.port,
+        &format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let (head, reply) = r.split_once("\r\n\r\n").unwrap();
+    let want = recorded("bad_json.http");
+    let strip_len = |h: &str| {
+        h.lines()
+            .filter(|l| !l.starts_with("Content-Length"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip_len(head), strip_len(&want));
+    let v: Value = serde_json::from_str(reply).unwrap();
+    assert_eq!(v["error"]["code"], 400);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("[json.exception.parse_error.101]"));
+    // A lower-case content-length and array content are accepted (recorded).
+    let body =
+        r#"{"messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":4}"#;
+    let r = raw(
+        d.port,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\nServer: llama.cpp\r\n"),
+        "{r}"
+    );
+    let v: Value = serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    // The recorded health reply, byte for byte.
+    let r = raw(
+        d.port,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let want = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/llama-server/health.http"),
+    )
+    .unwrap();
+    assert_eq!(r, want);
+}
