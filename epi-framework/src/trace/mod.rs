@@ -6,7 +6,7 @@ mod reader;
 mod summarize;
 mod writer;
 
-pub use parse::{parse_f64, Column, Header, Row, OPTIONAL_COLUMNS, REQUIRED_COLUMNS};
+pub use parse::{parse_canonical_at, parse_f64, Column, Header, Row, OPTIONAL_COLUMNS, REQUIRED_COLUMNS};
 pub use reader::TraceReader;
 pub use summarize::{summarize, ChannelSummary, TraceOptions, TraceSummary};
 pub use writer::TraceWriter;

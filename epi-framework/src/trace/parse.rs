@@ -419,3 +419,416 @@ pub fn check_unterminated_last_line(header: &Header, line: &[u8]) -> Result<(), 
     }
     Ok(())
 }
+
+/// Whether the header is exactly the spec's six columns in the spec's order (the fast path).
+pub fn is_canonical(header: &Header) -> bool {
+    header.columns
+        == [Column::Timestamp, Column::Node, Column::Watts, Column::Volts, Column::Amps, Column::PowerFactor]
+}
+
+/// A plain non-negative decimal (`123`, `12.450`) starting at `line[i]`, up to `,`, `\r` or the end:
+/// its value (exact, as [`parse_f64`]'s fast path), its mantissa and fraction digits, and the index
+/// of the terminator. `None` for anything else (the general parser then decides and explains).
+#[inline(always)]
+fn plain_decimal(line: &[u8], mut i: usize) -> Option<(u64, u32, usize)> {
+    let start = i;
+    let mut mant: u64 = 0;
+    let mut digits = 0u32;
+    let mut frac = 0u32;
+    let mut dot = false;
+    while i < line.len() {
+        let b = line[i];
+        let d = b.wrapping_sub(b'0');
+        if d <= 9 {
+            if mant != 0 || d != 0 {
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+            }
+            mant = mant * 10 + d as u64;
+            if dot {
+                frac += 1;
+            }
+        } else if b == b'.' && !dot {
+            dot = true;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    if i == start || (dot && i == start + 1) || digits > 15 || frac > 22 {
+        return None;
+    }
+    Some((mant, frac, i))
+}
+
+#[inline(always)]
+fn value(mant: u64, frac: u32) -> f64 {
+    if frac == 0 {
+        mant as f64
+    } else {
+        mant as f64 / POW10[frac as usize]
+    }
+}
+
+/// Fast path for a data line of a canonical file whose fields are plain decimals: validates every
+/// field exactly as [`parse_row`] would and returns `(timestamp_ms, node_id, watts_rms)`. `None`
+/// when the line needs the general parser (signs, exponents, empty fields, anything wrong), which
+/// then accepts it or reports what is wrong.
+#[inline]
+pub fn parse_canonical(line: &[u8]) -> Option<(f64, u32, f64)> {
+    let (tm, tf, i) = plain_decimal(line, 0)?;
+    if line.get(i) != Some(&b',') {
+        return None;
+    }
+    // node_id: digits only.
+    let mut j = i + 1;
+    let mut node: u64 = 0;
+    let ns = j;
+    while j < line.len() {
+        let d = line[j].wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        node = node * 10 + d as u64;
+        j += 1;
+    }
+    if j == ns || j - ns > 10 || node > u32::MAX as u64 || line.get(j) != Some(&b',') {
+        return None;
+    }
+    let (wm, wf, k) = plain_decimal(line, j + 1)?;
+    if line.get(k) != Some(&b',') {
+        return None;
+    }
+    let (_, _, k) = plain_decimal(line, k + 1)?; // volts: validated, not needed
+    if line.get(k) != Some(&b',') {
+        return None;
+    }
+    let (_, _, k) = plain_decimal(line, k + 1)?; // amps
+    if line.get(k) != Some(&b',') {
+        return None;
+    }
+    let (pm, pf, k) = plain_decimal(line, k + 1)?;
+    // power factor ≤ 1 ⟺ mantissa ≤ 10^frac (exact, no float needed)
+    if pf > 19 || pm > 10u64.pow(pf) {
+        return None;
+    }
+    match &line[k..] {
+        [] | [b'\r'] => Some((value(tm, tf), node as u32, value(wm, wf))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header::parse(Path::new("t.csv"), REQUIRED_COLUMNS.join(",").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        let h = header();
+        assert!(is_canonical(&h));
+        for line in [
+            "0,0,12.450,121.300,0.103,0.9970",
+            "1000,3,9.5,121,0.1,1",
+            "1000.25,12,0,0,0,0",
+            "2000,1,7.000,121.3,0.0583,1.0000\r",
+            "123456789012345,4294967295,1.5,2,3,0.5",
+        ] {
+            let fast = parse_canonical(line.as_bytes()).unwrap_or_else(|| panic!("fast path refused {line}"));
+            let row = parse_row(&h, line.as_bytes()).unwrap();
+            assert_eq!(fast, (row.t_ms, row.node, row.watts), "{line}");
+        }
+    }
+
+    #[test]
+    fn fast_path_defers_everything_unusual() {
+        let h = header();
+        for line in [
+            "0,0,-1,121,0.1,0.9",       // negative watts: error from the general parser
+            "0,0,1,121,0.1,1.0001",     // pf > 1
+            "0,0,1,121,0.1,",           // empty pf: accepted by the general parser
+            "0,0,1e1,121,0.1,0.9",      // exponent
+            "-5,0,1,121,0.1,0.9",       // negative time: accepted by the general parser
+            "0,x,1,121,0.1,0.9",
+            "0,0,1,121,0.1,0.9,7",
+            "0,0,1,121,0.1",
+            "0,4294967296,1,1,1,1",
+            "0,0,.,1,1,1",
+            "0,0,nan,1,1,1",
+            "0,0,1234567890123456,1,1,1", // 16 digits
+            "0,0,1,123456789012345678901234567890,1,1", // would overflow a u64
+        ] {
+            assert!(parse_canonical(line.as_bytes()).is_none(), "fast path accepted {line}");
+            // The general parser's verdict stands (some of these are valid, most are not).
+            let _ = parse_row(&h, line.as_bytes());
+        }
+    }
+}
+
+/// Bytes of readable padding [`parse_canonical_at`] needs after a line start.
+pub const SIMD_PADDING: usize = 128;
+
+/// Bitmasks of the 64 bytes at `p`: (newline, comma, dot, digit).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn classify64(bytes: &[u8; 64]) -> (u64, u64, u64, u64) {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline; the loads read inside `bytes`.
+    unsafe {
+        let nlv = _mm_set1_epi8(b'\n' as i8);
+        let cv = _mm_set1_epi8(b',' as i8);
+        let dv = _mm_set1_epi8(b'.' as i8);
+        let zero = _mm_set1_epi8(b'0' as i8);
+        let flip = _mm_set1_epi8(i8::MIN);
+        let lim = _mm_set1_epi8((10u8 ^ 0x80) as i8);
+        let (mut nl, mut co, mut dot, mut dig) = (0u64, 0u64, 0u64, 0u64);
+        for k in 0..4 {
+            let v = _mm_loadu_si128(bytes.as_ptr().add(16 * k) as *const __m128i);
+            let sh = 16 * k as u32;
+            nl |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, nlv)) as u32 as u64) << sh;
+            co |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, cv)) as u32 as u64) << sh;
+            dot |= (_mm_movemask_epi8(_mm_cmpeq_epi8(v, dv)) as u32 as u64) << sh;
+            // b - '0' < 10 as unsigned, via a signed compare after flipping the top bit.
+            let d = _mm_xor_si128(_mm_sub_epi8(v, zero), flip);
+            dig |= (_mm_movemask_epi8(_mm_cmplt_epi8(d, lim)) as u32 as u64) << sh;
+        }
+        (nl, co, dot, dig)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn classify64(bytes: &[u8; 64]) -> (u64, u64, u64, u64) {
+    let (mut nl, mut co, mut dot, mut dig) = (0u64, 0u64, 0u64, 0u64);
+    for (i, &b) in bytes.iter().enumerate() {
+        nl |= ((b == b'\n') as u64) << i;
+        co |= ((b == b',') as u64) << i;
+        dot |= ((b == b'.') as u64) << i;
+        dig |= (b.is_ascii_digit() as u64) << i;
+    }
+    (nl, co, dot, dig)
+}
+
+/// Bits `s..e` set.
+#[inline(always)]
+fn span(s: u32, e: u32) -> u64 {
+    ((1u64 << e) - 1) & !((1u64 << s) - 1)
+}
+
+/// The value of `n` (0..=8) ASCII digits stored little-endian in `w` (first digit in the lowest
+/// byte; bytes above the `n` digits are ignored), in a few multiplications (SWAR).
+#[inline(always)]
+fn swar_digits(w: u64, n: u32) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    // Move the n digits to the top and fill the low bytes with '0'.
+    let w = if n == 8 { w } else { (w << (8 * (8 - n))) | (0x3030_3030_3030_3030u64 >> (8 * n)) };
+    let mut v = w.wrapping_sub(0x3030_3030_3030_3030);
+    v = v.wrapping_mul(10).wrapping_add(v >> 8);
+    (((v & 0x0000_00FF_0000_00FF).wrapping_mul(100 + (1_000_000 << 32)))
+        .wrapping_add(((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32))))
+        >> 32
+}
+
+#[inline(always)]
+fn load8(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// The integer value of the `n` (0..=16) digits at `buf[at..]`.
+#[inline(always)]
+fn digits_value(buf: &[u8], at: usize, n: u32) -> u64 {
+    if n <= 8 {
+        swar_digits(load8(buf, at), n)
+    } else {
+        swar_digits(load8(buf, at), n - 8) * 100_000_000 + swar_digits(load8(buf, at + (n - 8) as usize), 8)
+    }
+}
+
+/// Mantissa and fraction digits of the field `[s, e)` of the line at `buf[pos..]`, known to hold
+/// 1..=15 digits and at most one dot (`dm`: the dot's bit, or 0).
+#[inline(always)]
+fn field_value(buf: &[u8], pos: usize, s: u32, e: u32, dm: u64) -> (u64, u32) {
+    if dm == 0 {
+        (digits_value(buf, pos + s as usize, e - s), 0)
+    } else {
+        let d = dm.trailing_zeros();
+        let frac = e - d - 1;
+        let int = digits_value(buf, pos + s as usize, d - s);
+        let f = digits_value(buf, pos + d as usize + 1, frac);
+        (int * POW10_INT[frac as usize] + f, frac)
+    }
+}
+
+const POW10_INT: [u64; 20] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+    100_000_000_000,
+    1_000_000_000_000,
+    10_000_000_000_000,
+    100_000_000_000_000,
+    1_000_000_000_000_000,
+    10_000_000_000_000_000,
+    100_000_000_000_000_000,
+    1_000_000_000_000_000_000,
+    10_000_000_000_000_000_000,
+];
+
+/// The fast path of the canonical layout: classifies the up to 64 bytes of the line starting at
+/// `buf[pos]` with SIMD bitmasks, validates every field as [`parse_row`] would, and returns
+/// `(timestamp_ms, node_id, watts_rms, line length without the newline)`. `buf` must have
+/// [`SIMD_PADDING`] readable bytes after `pos`. `None` when the line needs the general parser
+/// (longer lines, CR, signs, exponents, empty fields, anything wrong).
+#[inline(always)]
+pub fn parse_canonical_at(buf: &[u8], pos: usize) -> Option<(f64, u32, f64, usize)> {
+    if buf.len() < pos + SIMD_PADDING {
+        return None;
+    }
+    let bytes: &[u8; 64] = buf[pos..pos + 64].try_into().ok()?;
+    let (nl, co, dot, dig) = classify64(bytes);
+    if nl == 0 {
+        return None;
+    }
+    let len = nl.trailing_zeros();
+    let lm = (1u64 << len) - 1;
+    if (dig | co | dot) & lm != lm {
+        return None;
+    }
+    // Exactly five commas: take them one by one (no popcount: not in the x86_64 baseline).
+    let mut c = co & lm;
+    let mut bounds = [0u32; 7];
+    for b in bounds.iter_mut().take(6).skip(1) {
+        if c == 0 {
+            return None;
+        }
+        *b = c.trailing_zeros();
+        c &= c - 1;
+    }
+    if c != 0 {
+        return None;
+    }
+    bounds[6] = len;
+    // Field i spans [start_i, bounds[i + 1]); start_0 = 0, start_i = bounds[i] + 1. Each needs a
+    // digit and at most one dot.
+    let mut fields = [(0u32, 0u32, 0u64); 6];
+    for (i, f) in fields.iter_mut().enumerate() {
+        let s = if i == 0 { 0 } else { bounds[i] + 1 };
+        let e = bounds[i + 1];
+        let m = span(s, e);
+        let dm = dot & m;
+        if dig & m == 0 || dm & dm.wrapping_sub(1) != 0 {
+            return None;
+        }
+        *f = (s, e, dm);
+    }
+    // node_id: digits only, fits u32.
+    let (ns, ne, ndot) = fields[1];
+    if ndot != 0 || ne - ns > 10 {
+        return None;
+    }
+    let node = digits_value(buf, pos + ns as usize, ne - ns);
+    if node > u32::MAX as u64 {
+        return None;
+    }
+    // Values needed: timestamp, watts, and the power factor for its ≤ 1 check (≤ 15 digits each).
+    let mut vals = [(0u64, 0u32); 3];
+    for (v, &i) in vals.iter_mut().zip(&[0usize, 2, 5]) {
+        let (s, e, dm) = fields[i];
+        if e - s - (dm != 0) as u32 > 15 {
+            return None;
+        }
+        *v = field_value(buf, pos, s, e, dm);
+    }
+    let (pm, pf) = vals[2];
+    if pm > POW10_INT[pf as usize] {
+        return None;
+    }
+    Some((value(vals[0].0, vals[0].1), node as u32, value(vals[1].0, vals[1].1), len as usize))
+}
+
+#[cfg(test)]
+mod simd_tests {
+    use super::*;
+
+    fn run(line: &str) -> Option<(f64, u32, f64, usize)> {
+        let mut buf = line.as_bytes().to_vec();
+        buf.resize(buf.len() + SIMD_PADDING, 0);
+        parse_canonical_at(&buf, 0)
+    }
+
+    #[test]
+    fn swar_digits_match_scalar_parsing() {
+        let mut x: u64 = 17;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let n = ((x >> 60) % 17) as usize;
+            let digits: String = (0..n).map(|i| char::from(b'0' + ((x >> (i * 3)) % 10) as u8)).collect();
+            let mut buf = digits.clone().into_bytes();
+            buf.extend_from_slice(b",9.87,654");
+            buf.resize(buf.len() + 16, b'7');
+            let expect: u64 = if n == 0 { 0 } else { digits.parse().unwrap() };
+            assert_eq!(digits_value(&buf, 0, n as u32), expect, "{digits}");
+        }
+    }
+
+    #[test]
+    fn simd_path_agrees_with_the_scalar_paths() {
+        let h = Header::parse(Path::new("t.csv"), REQUIRED_COLUMNS.join(",").as_bytes()).unwrap();
+        let mut x: u64 = 5;
+        for _ in 0..50_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let t = (x >> 40) % 100_000_000;
+            let node = (x >> 20) % 7;
+            let w = format!("{}.{:03}", (x >> 30) % 100, (x >> 10) % 1000);
+            let pf = if x % 11 == 0 { "1".to_string() } else { format!("0.{:04}", (x >> 5) % 10_000) };
+            let line = format!("{t},{node},{w},121.300,0.0836,{pf}");
+            let fast = run(&format!("{line}\n")).unwrap_or_else(|| panic!("{line}"));
+            let row = parse_row(&h, line.as_bytes()).unwrap();
+            assert_eq!((fast.0, fast.1, fast.2), (row.t_ms, row.node, row.watts), "{line}");
+            assert_eq!(fast.3, line.len());
+            assert_eq!(parse_canonical(line.as_bytes()), Some((row.t_ms, row.node, row.watts)));
+        }
+    }
+
+    #[test]
+    fn simd_path_defers_everything_unusual() {
+        for line in [
+            "0,0,-1,121,0.1,0.9\n",
+            "0,0,1,121,0.1,1.0001\n",
+            "0,0,1,121,0.1,\n",
+            "0,0,1e1,121,0.1,0.9\n",
+            "-5,0,1,121,0.1,0.9\n",
+            "0,x,1,121,0.1,0.9\n",
+            "0,0,1,121,0.1,0.9,7\n",
+            "0,0,1,121,0.1\n",
+            "0,4294967296,1,1,1,1\n",
+            "0,0,.,1,1,1\n",
+            "0,0,1..2,1,1,1\n",
+            "0,0,1,1,1,1\r\n",
+            "0,0.5,1,1,1,1\n",
+            "0,0,1234567890123456,1,1,1\n",
+            "0,0,1,1,1,1", // no newline within the line
+            "0,0,1,1111111111111111111111111111111111111111111111111111111111,1,1\n", // longer than 64
+        ] {
+            assert!(run(line).is_none(), "fast path accepted {line:?}");
+        }
+        assert_eq!(run("0,0,1,1,1,1\n"), Some((0.0, 0, 1.0, 11)));
+    }
+}

@@ -28,11 +28,13 @@ pub struct TraceOptions {
     pub block_bytes: usize,
     /// Gaps listed individually (all are counted).
     pub max_gaps_listed: usize,
+    /// Read through a memory map when the input allows it (else positional reads).
+    pub mmap: bool,
 }
 
 impl Default for TraceOptions {
     fn default() -> Self {
-        TraceOptions { gap_limit_ms: 1000.0, threads: 0, block_bytes: 1 << 20, max_gaps_listed: 100 }
+        TraceOptions { gap_limit_ms: 1000.0, threads: 0, block_bytes: 1 << 20, max_gaps_listed: 100, mmap: true }
     }
 }
 
@@ -281,6 +283,7 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     let n_blocks = (len - data_start).div_ceil(block) as usize;
     let gap_limit = opts.gap_limit_ms;
 
+    let mapping = if opts.mmap { Mapping::new(&file, len) } else { None };
     let mut merger = Merger::new(path, opts);
     let in_flight_limit = threads * 2 + 1;
     let gate = (Mutex::new((0usize, 0usize)), Condvar::new()); // (next to hand out, consumed)
@@ -291,8 +294,11 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
         for _ in 0..threads {
             let tx = tx.clone();
             let (gate, stop, file, header) = (&gate, &stop, &file, &header);
+            let mapping = mapping.as_ref();
             let max_gaps = opts.max_gaps_listed;
-            s.spawn(move || loop {
+            s.spawn(move || {
+              let mut scratch = Scratch::default();
+              loop {
                 let index = {
                     let (lock, cv) = gate;
                     let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -307,10 +313,11 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
                 };
                 let start = data_start + index as u64 * block;
                 let end = (start + block).min(len);
-                let b = process_block(file, header, index, start, end, len, gap_limit, max_gaps);
+                let b = process_block(file, mapping, header, &mut scratch, index, start, end, len, gap_limit, max_gaps);
                 if tx.send(b).is_err() {
                     return;
                 }
+              }
             });
         }
         drop(tx);
@@ -331,6 +338,10 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
             let outcome = merger.merge(&b, first_line);
             first_line += b.lines;
             next += 1;
+            if let Some(m) = &mapping {
+                // Every block before the next one is done: its pages can go.
+                m.release_before((data_start + next as u64 * block).saturating_sub(1) as usize);
+            }
             {
                 let (lock, cv) = &gate;
                 let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -349,11 +360,20 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     merger.finish(path, &header)
 }
 
+/// A worker's reusable buffers (no allocation or page faults per block).
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    recs: Vec<Rec>,
+}
+
 /// Reads the lines that start in `[start, end)`, parses them and integrates the block.
 #[allow(clippy::too_many_arguments)]
 fn process_block(
     file: &File,
+    mapping: Option<&Mapping>,
     header: &Header,
+    scratch: &mut Scratch,
     index: usize,
     start: u64,
     end: u64,
@@ -362,30 +382,52 @@ fn process_block(
     max_gaps: usize,
 ) -> Block {
     let mut b = Block::empty(index);
-    let recs = match read_and_parse(file, header, &mut b, start, end, len) {
-        Some(r) => r,
-        None => return b,
-    };
-    integrate_block(&mut b, &recs, gap_limit, max_gaps);
+    let Scratch { buf, recs } = scratch;
+    recs.clear();
+    match mapping {
+        Some(m) => parse_mapped(m.data(), header, &mut b, recs, start as usize, end as usize),
+        None => {
+            if !read_and_parse(file, header, &mut b, buf, recs, start, end, len) {
+                return b;
+            }
+        }
+    }
+    integrate_block(&mut b, recs, gap_limit, max_gaps);
     b
 }
 
-fn read_and_parse(file: &File, header: &Header, b: &mut Block, start: u64, end: u64, len: u64) -> Option<Vec<Rec>> {
+/// Fills `recs` from a `pread` of the block (for inputs that cannot be mapped); false on an I/O
+/// error (recorded in the block).
+#[allow(clippy::too_many_arguments)]
+fn read_and_parse(
+    file: &File,
+    header: &Header,
+    b: &mut Block,
+    buf: &mut Vec<u8>,
+    recs: &mut Vec<Rec>,
+    start: u64,
+    end: u64,
+    len: u64,
+) -> bool {
     // Read one byte before `start` to know whether `start` begins a line.
     let read_from = start.saturating_sub(1);
-    let mut buf = vec![0u8; (end - read_from) as usize];
-    if let Err(e) = file.read_exact_at(&mut buf, read_from) {
-        b.io_error = Some(e);
-        return None;
+    let need = (end - read_from) as usize;
+    if buf.len() < need {
+        buf.resize(need, 0);
     }
-    let mut pos = if start == read_from {
+    buf.truncate(need);
+    if let Err(e) = file.read_exact_at(&mut buf[..], read_from) {
+        b.io_error = Some(e);
+        return false;
+    }
+    let pos = if start == read_from {
         0
     } else if buf[0] == b'\n' {
         1
     } else {
         match memchr::memchr(b'\n', &buf[1..]) {
             Some(p) => p + 2,
-            None => return Some(Vec::new()), // no line starts in this block
+            None => return true, // no line starts in this block
         }
     };
     let owned_end = buf.len(); // lines starting before this index are ours
@@ -397,7 +439,7 @@ fn read_and_parse(file: &File, header: &Header, b: &mut Block, start: u64, end: 
             buf.resize(old + more, 0);
             if let Err(e) = file.read_exact_at(&mut buf[old..], file_pos) {
                 b.io_error = Some(e);
-                return None;
+                return false;
             }
             file_pos += more as u64;
             if let Some(p) = memchr::memchr(b'\n', &buf[old..]) {
@@ -406,10 +448,80 @@ fn read_and_parse(file: &File, header: &Header, b: &mut Block, start: u64, end: 
             }
         }
     }
-    let mut recs = Vec::with_capacity(owned_end / 40 + 1);
+    // Zeroed padding after the data, so the SIMD fast path can always read its window.
+    let data_len = buf.len();
+    buf.resize(data_len + super::parse::SIMD_PADDING, 0);
+    parse_lines(buf, data_len, pos, owned_end, header, b, recs);
+    true
+}
+
+/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)`, with the code
+/// compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling of
+/// the fast path cheaper; the result is the same).
+fn parse_lines(
+    padded: &[u8],
+    data_len: usize,
+    pos: usize,
+    owned_end: usize,
+    header: &Header,
+    b: &mut Block,
+    recs: &mut Vec<Rec>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("popcnt")
+            && std::arch::is_x86_feature_detected!("lzcnt")
+        {
+            // SAFETY: the CPU has every feature the function is compiled for (checked above).
+            unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, recs) };
+            return;
+        }
+    }
+    parse_lines_generic(padded, data_len, pos, owned_end, header, b, recs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt")]
+unsafe fn parse_lines_x86_v3(
+    padded: &[u8],
+    data_len: usize,
+    pos: usize,
+    owned_end: usize,
+    header: &Header,
+    b: &mut Block,
+    recs: &mut Vec<Rec>,
+) {
+    parse_lines_generic(padded, data_len, pos, owned_end, header, b, recs)
+}
+
+/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)`. The SIMD fast path
+/// is used wherever `padded` has its padding after the line start.
+#[inline(always)]
+fn parse_lines_generic(
+    padded: &[u8],
+    data_len: usize,
+    mut pos: usize,
+    owned_end: usize,
+    header: &Header,
+    b: &mut Block,
+    recs: &mut Vec<Rec>,
+) {
+    let canonical = super::parse::is_canonical(header);
+    let data = &padded[..data_len];
     while pos < owned_end {
-        let nl = memchr::memchr(b'\n', &buf[pos..]).map(|p| pos + p).unwrap_or(buf.len());
-        let line = &buf[pos..nl];
+        if canonical {
+            if let Some((t, node, w, n)) = super::parse::parse_canonical_at(padded, pos) {
+                recs.push(Rec { t, w, e: f64::NAN, node });
+                b.lines += 1;
+                pos += n + 1;
+                continue;
+            }
+        }
+        let nl = memchr::memchr(b'\n', &data[pos..]).map(|p| pos + p).unwrap_or(data.len());
+        let line = &data[pos..nl];
         let line_idx = b.lines;
         b.lines += 1;
         pos = nl + 1;
@@ -417,7 +529,7 @@ fn read_and_parse(file: &File, header: &Header, b: &mut Block, start: u64, end: 
             b.blanks.push(line_idx);
             continue;
         }
-        let parsed = if nl == buf.len() && buf.last() != Some(&b'\n') {
+        let parsed = if nl == data.len() && data.last() != Some(&b'\n') {
             super::parse::check_unterminated_last_line(header, line).and_then(|_| parse_row(header, line))
         } else {
             parse_row(header, line)
@@ -430,7 +542,71 @@ fn read_and_parse(file: &File, header: &Header, b: &mut Block, start: u64, end: 
             }
         }
     }
-    Some(recs)
+}
+
+/// The lines starting in `[start, end)` of a memory-mapped file.
+fn parse_mapped(data: &[u8], header: &Header, b: &mut Block, recs: &mut Vec<Rec>, start: usize, end: usize) {
+    let pos = if start == 0 || data[start - 1] == b'\n' {
+        start
+    } else {
+        match memchr::memchr(b'\n', &data[start..]) {
+            Some(p) if start + p + 1 < end => start + p + 1,
+            _ => return, // no line starts in this block
+        }
+    };
+    parse_lines(data, data.len(), pos, end, header, b, recs);
+}
+
+/// A read-only memory map of the whole trace. Pages are dropped from the process (not from the
+/// page cache) once their blocks are merged, so resident memory stays at a few blocks.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// The mapping is read-only and outlives every reference handed out.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(file: &File, len: u64) -> Option<Mapping> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+        // SAFETY: a fresh private read-only mapping of an open file; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: advice on our own mapping.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Some(Mapping { ptr, len })
+    }
+
+    fn data(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is mapped readable for the life of `self`. The file could be
+        // truncated by another process meanwhile (SIGBUS), as with any mmap reader; epi-bench
+        // reads finished traces.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+
+    /// Drops the pages of `[0, upto)` from this process.
+    fn release_before(&self, upto: usize) {
+        let page = 4096usize;
+        let end = (upto.min(self.len) / page) * page;
+        if end > 0 {
+            // SAFETY: a page-aligned range inside our mapping; later reads fault pages back in.
+            unsafe { libc::madvise(self.ptr, end, libc::MADV_DONTNEED) };
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 /// Dense per-block index of node ids.
@@ -821,7 +997,11 @@ struct PeakSweep {
     dense: NodeIndex,
     group_t: f64,
     group_sum: f64,
+    /// Members of the current group with dense index < 64, as bits.
+    group_bits: u64,
+    /// Members with dense index ≥ 64.
     group_members: Vec<usize>,
+    group_len: usize,
     pending: VecDeque<Pending>,
     best: Option<(f64, f64)>,
     unsorted: bool,
@@ -842,7 +1022,9 @@ impl PeakSweep {
             dense: NodeIndex::new(),
             group_t: f64::NEG_INFINITY,
             group_sum: 0.0,
+            group_bits: 0,
             group_members: Vec::new(),
+            group_len: 0,
             pending: VecDeque::new(),
             best: None,
             unsorted: false,
@@ -880,28 +1062,42 @@ impl PeakSweep {
                 }
             }
         }
-        if self.group_members.contains(&c) {
+        if self.is_member(c) {
             // A duplicate timestamp for this channel: the later sample replaces the earlier.
             if let Some((_, w_old)) = self.prev[c] {
                 self.group_sum -= w_old;
             }
         } else {
-            self.group_members.push(c);
+            if c < 64 {
+                self.group_bits |= 1 << c;
+            } else {
+                self.group_members.push(c);
+            }
+            self.group_len += 1;
         }
         self.group_sum += w;
         self.prev[c] = Some((t, w));
     }
 
+    #[inline(always)]
+    fn is_member(&self, c: usize) -> bool {
+        if c < 64 {
+            self.group_bits & (1 << c) != 0
+        } else {
+            self.group_members.contains(&c)
+        }
+    }
+
     fn close_group(&mut self) {
-        if self.group_members.is_empty() {
+        if self.group_len == 0 {
             return;
         }
         let t = self.group_t;
         let mut need = Vec::new();
-        if self.group_members.len() < self.prev.len() {
+        if self.group_len < self.prev.len() {
             for (c, p) in self.prev.iter().enumerate() {
                 if let Some((pt, _)) = p {
-                    if !self.group_members.contains(&c) && t - pt <= self.gap_limit {
+                    if !self.is_member(c) && t - pt <= self.gap_limit {
                         need.push(c);
                     }
                 }
@@ -909,7 +1105,9 @@ impl PeakSweep {
         }
         let sum = self.group_sum;
         self.group_sum = 0.0;
+        self.group_bits = 0;
         self.group_members.clear();
+        self.group_len = 0;
         if need.is_empty() && self.pending.is_empty() {
             self.finalize(t, sum);
             return;

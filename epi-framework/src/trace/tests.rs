@@ -147,8 +147,8 @@ fn block_boundaries_and_thread_counts_do_not_change_results() {
     }
     let p = write(&dir, "big.csv", &s);
     let one = summarize(&p, &TraceOptions { threads: 1, block_bytes: 1 << 30, ..Default::default() }).unwrap();
-    for (threads, block) in [(2, 4096), (3, 5000), (8, 65_536)] {
-        let other = summarize(&p, &TraceOptions { threads, block_bytes: block, ..Default::default() }).unwrap();
+    for (threads, block, mmap) in [(2, 4096, true), (3, 5000, false), (8, 65_536, true), (2, 7777, false)] {
+        let other = summarize(&p, &TraceOptions { threads, block_bytes: block, mmap, ..Default::default() }).unwrap();
         assert_eq!(other.samples, one.samples);
         assert!(rel(other.total_joules(), one.total_joules()) < 1e-12);
         assert_eq!(other.peak_watts, one.peak_watts);
@@ -266,10 +266,12 @@ fn errors_deep_in_a_multi_block_file_name_the_right_line() {
         s += &row(50_010.0 + i as f64 * 10.0, 0, 1.0);
     }
     let p = write(&dir, "t.csv", &s);
-    let e = summarize(&p, &TraceOptions { threads: 4, block_bytes: 4096, ..Default::default() })
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("t.csv:5002: power_factor"), "{e}");
+    for mmap in [true, false] {
+        let e = summarize(&p, &TraceOptions { threads: 4, block_bytes: 4096, mmap, ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.csv:5002: power_factor"), "{e}");
+    }
 }
 
 #[test]
@@ -302,8 +304,8 @@ fn block_local_peaks_agree_with_a_whole_file_sweep() {
         .collect();
     for gap in [50.0, 150.0] {
         let reference = super::summarize::peak_by_merge_for_tests(&p, &names, gap).unwrap();
-        for (threads, block) in [(1, 1 << 30), (2, 4096), (4, 9000), (3, 30_000)] {
-            let sum = summarize(&p, &TraceOptions { gap_limit_ms: gap, threads, block_bytes: block, ..Default::default() }).unwrap();
+        for (threads, block, mmap) in [(1, 1 << 30, true), (2, 4096, false), (4, 9000, true), (3, 30_000, false)] {
+            let sum = summarize(&p, &TraceOptions { gap_limit_ms: gap, threads, block_bytes: block, mmap, ..Default::default() }).unwrap();
             assert_eq!((sum.peak_watts, sum.peak_at_ms), reference, "gap {gap} threads {threads} block {block}");
             assert!(sum.time_sorted);
         }
