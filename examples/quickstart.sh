@@ -24,3 +24,17 @@ echo; echo "== epi validate =="
 
 echo; echo "== epi export =="
 "$EPI" export --results-dir examples/data --output "$OUT/community.csv" --contributor "$(whoami)"
+
+echo; echo "== epi results (SQLite database) =="
+rm -f "$OUT/results.db"
+"$EPI" results log --db "$OUT/results.db" --tags baseline,example "$OUT/epi_001.json"
+"$EPI" results log --db "$OUT/results.db" --tags expert-pruning examples/data/expert-pruning/*.json
+"$EPI" results best --db "$OUT/results.db" --model qwen3-30b-a3b
+
+echo; echo "== the figures =="
+"$EPI" timeline --trace "$SUB/power_trace_001.csv" --output "$OUT/power_timeline.png"
+"$EPI" bars --results-dir examples/data/expert-pruning --sort-by epi --output "$OUT/epi_bars.png"
+"$EPI" curve --results-dir examples/data/expert-pruning --x-param experts_dropped --output "$OUT/surgery_curve.png"
+"$EPI" pareto --results-dir examples/data/expert-pruning \
+  --title "Expert Pruning: Accuracy vs Energy Cost" --output "$OUT/pareto.png"
+echo; echo "done: results in $OUT/ (the Pareto figure is $OUT/pareto.png)"

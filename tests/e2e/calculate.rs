@@ -8,8 +8,10 @@ use std::process::Command;
 const HEADER: &str = "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor\n";
 
 fn bench_json(dir: &Path, tokens: u64, scores: &[(&str, f64)]) -> std::path::PathBuf {
-    let b: serde_json::Map<String, serde_json::Value> =
-        scores.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+    let b: serde_json::Map<String, serde_json::Value> = scores
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+        .collect();
     let v = serde_json::json!({
         "model": "m", "quantization": "Q4_K_M", "surgery": "none (baseline)",
         "benchmarks": b, "total_tokens": tokens, "duration_seconds": 20.0,
@@ -26,7 +28,12 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 fn json_out(o: &std::process::Output) -> serde_json::Value {
-    assert!(o.status.success(), "epi failed: {}\n{}", stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "epi failed: {}\n{}",
+        stdout(o),
+        stderr(o)
+    );
     serde_json::from_slice(&o.stdout).expect("JSON on stdout")
 }
 
@@ -51,13 +58,36 @@ fn known_answer_piecewise_linear_two_nodes_irregular_and_offset() {
     for (_, r) in rows {
         s += &r;
     }
-    assert!(s.contains("\n20000,0,30,"), "the ramp must end exactly at 20 s");
+    assert!(
+        s.contains("\n20000,0,30,"),
+        "the ramp must end exactly at 20 s"
+    );
     std::fs::write(dir.path().join("trace.csv"), &s).unwrap();
-    bench_json(dir.path(), 1000, &[("mmlu_5shot", 0.6), ("arc_challenge_25shot", 0.4)]);
-    let o = epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--json", "--gap-limit-ms", "2000"]);
+    bench_json(
+        dir.path(),
+        1000,
+        &[("mmlu_5shot", 0.6), ("arc_challenge_25shot", 0.4)],
+    );
+    let o = epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--json",
+            "--gap-limit-ms",
+            "2000",
+        ],
+    );
     let r = json_out(&o);
     let energy = 400.0 + 118.8;
-    assert!(rel(r["energy"]["total_joules"].as_f64().unwrap(), energy) < 1e-9, "{}", r["energy"]);
+    assert!(
+        rel(r["energy"]["total_joules"].as_f64().unwrap(), energy) < 1e-9,
+        "{}",
+        r["energy"]
+    );
     assert!(rel(r["energy"]["per_node_joules"]["0"].as_f64().unwrap(), 400.0) < 1e-9);
     assert!(rel(r["energy"]["per_node_joules"]["1"].as_f64().unwrap(), 118.8) < 1e-9);
     assert_eq!(r["energy"]["duration_seconds"].as_f64().unwrap(), 20.0);
@@ -78,62 +108,189 @@ fn a_gap_is_reported_in_the_result() {
     }
     std::fs::write(dir.path().join("trace.csv"), &s).unwrap();
     bench_json(dir.path(), 100, &[("mmlu_5shot", 0.5)]);
-    let r = json_out(&epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--json"]));
+    let r = json_out(&epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--json",
+        ],
+    ));
     assert_eq!(r["energy"]["gap_count"], 1);
     assert_eq!(r["energy"]["gaps"][0]["start_ms"], 2000.0);
     assert_eq!(r["energy"]["gaps"][0]["end_ms"], 9000.0);
-    assert!(r["energy"]["flags"].as_array().unwrap().iter().any(|f| f == "gaps"));
+    assert!(r["energy"]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "gaps"));
     assert!(rel(r["energy"]["total_joules"].as_f64().unwrap(), 200.0) < 1e-12);
 }
 
 #[test]
 fn weights_change_the_composite() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,10,230,0.04,0.99\n")).unwrap();
-    bench_json(dir.path(), 10, &[("mmlu_5shot", 0.8), ("arc_challenge_25shot", 0.4)]);
+    std::fs::write(
+        dir.path().join("trace.csv"),
+        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,10,230,0.04,0.99\n"),
+    )
+    .unwrap();
+    bench_json(
+        dir.path(),
+        10,
+        &[("mmlu_5shot", 0.8), ("arc_challenge_25shot", 0.4)],
+    );
     let r = json_out(&epi(
         dir.path(),
-        &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--weights", "mmlu=3,arc_challenge=1", "--json"],
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--weights",
+            "mmlu=3,arc_challenge=1",
+            "--json",
+        ],
     ));
     assert!(rel(r["accuracy_composite"].as_f64().unwrap(), 0.7) < 1e-12);
     assert!(rel(r["epi"].as_f64().unwrap(), 1.0 / 0.7) < 1e-12);
-    let o = epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--weights", "mmlu=1"]);
+    let o = epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--weights",
+            "mmlu=1",
+        ],
+    );
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no weight for suite `arc_challenge`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no weight for suite `arc_challenge`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn output_file_is_written_and_summary_printed() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,12,230,0.05,0.99\n")).unwrap();
+    std::fs::write(
+        dir.path().join("trace.csv"),
+        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,12,230,0.05,0.99\n"),
+    )
+    .unwrap();
     bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
     let o = epi(
         dir.path(),
-        &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--model", "override", "--output", "out/epi.json"],
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--model",
+            "override",
+            "--output",
+            "out/epi.json",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("EPI: 2.0000"), "{}", stdout(&o));
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/epi.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/epi.json")).unwrap())
+            .unwrap();
     assert_eq!(r["model"], "override");
     assert_eq!(r["epi"], 2.0);
 }
 
 #[test]
+fn calculate_logs_into_the_results_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,12,230,0.05,0.99\n")).unwrap();
+    bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
+    let o = epi(
+        dir.path(),
+        &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--db", "r.db", "--tags", "a,b"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("logged as #1 in r.db"), "{}", stdout(&o));
+    let o = epi(dir.path(), &["results", "list", "--db", "r.db", "--tag", "b", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().map(|a| a.len()), Some(1), "{v}");
+    assert_eq!(v[0]["result"]["epi"].as_f64().or(v[0]["epi"].as_f64()), Some(2.0), "{v}");
+}
+
+#[test]
 fn bad_inputs_exit_3_naming_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,-1,230,0.04,0.99\n")).unwrap();
+    std::fs::write(
+        dir.path().join("trace.csv"),
+        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,-1,230,0.04,0.99\n"),
+    )
+    .unwrap();
     bench_json(dir.path(), 10, &[("mmlu_5shot", 0.5)]);
-    let o = epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json"]);
+    let o = epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("trace.csv:3: watts_rms: expected watts ≥ 0"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("trace.csv:3: watts_rms: expected watts ≥ 0"),
+        "{}",
+        stderr(&o)
+    );
 
-    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,10,230,0.04,0.99\n")).unwrap();
-    std::fs::write(dir.path().join("benchmark.json"), "{\n  \"model\": \"m\",\n  \"benchmarks\": {\"mmlu_5shot\": \"high\"}\n}\n").unwrap();
-    let o = epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json"]);
+    std::fs::write(
+        dir.path().join("trace.csv"),
+        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,10,230,0.04,0.99\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("benchmark.json"),
+        "{\n  \"model\": \"m\",\n  \"benchmarks\": {\"mmlu_5shot\": \"high\"}\n}\n",
+    )
+    .unwrap();
+    let o = epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("benchmark.json:3: benchmarks.mmlu_5shot: invalid type"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("benchmark.json:3: benchmarks.mmlu_5shot: invalid type"),
+        "{}",
+        stderr(&o)
+    );
 
-    let o = epi(dir.path(), &["calculate", "--trace", "missing.csv", "--benchmark", "benchmark.json"]);
+    let o = epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "missing.csv",
+            "--benchmark",
+            "benchmark.json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("missing.csv"), "{}", stderr(&o));
 }
@@ -141,20 +298,55 @@ fn bad_inputs_exit_3_naming_file_line_and_field() {
 #[test]
 fn config_file_is_read_and_unknown_keys_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,10,230,0.04,0.99\n")).unwrap();
-    bench_json(dir.path(), 10, &[("mmlu_5shot", 0.8), ("arc_challenge_25shot", 0.4)]);
+    std::fs::write(
+        dir.path().join("trace.csv"),
+        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,10,230,0.04,0.99\n"),
+    )
+    .unwrap();
+    bench_json(
+        dir.path(),
+        10,
+        &[("mmlu_5shot", 0.8), ("arc_challenge_25shot", 0.4)],
+    );
     std::fs::write(
         dir.path().join("epi-bench.toml"),
         "[general]\ndefault_instrument = \"bench meter\"\n\n[benchmarks]\ndefault_weights = { mmlu = 1.0, arc_challenge = 3.0 }\n",
     )
     .unwrap();
-    let r = json_out(&epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--json"]));
+    let r = json_out(&epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--json",
+        ],
+    ));
     assert!(rel(r["accuracy_composite"].as_f64().unwrap(), 0.5) < 1e-12);
     assert_eq!(r["instrument"], "bench meter");
-    std::fs::write(dir.path().join("epi-bench.toml"), "[general]\ndefault_instrument = \"x\"\ngap_limit = 5\n").unwrap();
-    let o = epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json"]);
+    std::fs::write(
+        dir.path().join("epi-bench.toml"),
+        "[general]\ndefault_instrument = \"x\"\ngap_limit = 5\n",
+    )
+    .unwrap();
+    let o = epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("epi-bench.toml:3: general.gap_limit: unknown field `gap_limit`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("epi-bench.toml:3: general.gap_limit: unknown field `gap_limit`"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// `epi calculate` agrees with the pandas reference to 1e-9 relative on a generated trace.
@@ -163,9 +355,16 @@ fn matches_the_pandas_reference() {
     if !have_tool("python3") {
         return;
     }
-    let has_pandas = Command::new("python3").args(["-c", "import pandas, numpy"]).status().map(|s| s.success()).unwrap_or(false);
+    let has_pandas = Command::new("python3")
+        .args(["-c", "import pandas, numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     if !has_pandas {
-        assert!(std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(), "pandas is required: run .ci/setup");
+        assert!(
+            std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(),
+            "pandas is required: run .ci/setup"
+        );
         eprintln!("skipping: pandas not installed");
         return;
     }
@@ -175,15 +374,51 @@ fn matches_the_pandas_reference() {
     let st = Command::new("python3")
         .arg(refdir.join("gen_trace.py"))
         .arg(&trace)
-        .args(["--nodes", "4", "--hz", "50", "--seconds", "120", "--seed", "7"])
+        .args([
+            "--nodes",
+            "4",
+            "--hz",
+            "50",
+            "--seconds",
+            "120",
+            "--seed",
+            "7",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
-    let bench = bench_json(dir.path(), 123_456, &[("mmlu_5shot", 0.781), ("arc_challenge_25shot", 0.642), ("hellaswag_10shot", 0.805)]);
-    let py = Command::new("python3").arg(refdir.join("pandas_epi_reference.py")).arg(&trace).arg(&bench).output().unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let bench = bench_json(
+        dir.path(),
+        123_456,
+        &[
+            ("mmlu_5shot", 0.781),
+            ("arc_challenge_25shot", 0.642),
+            ("hellaswag_10shot", 0.805),
+        ],
+    );
+    let py = Command::new("python3")
+        .arg(refdir.join("pandas_epi_reference.py"))
+        .arg(&trace)
+        .arg(&bench)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     let p: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
-    let r = json_out(&epi(dir.path(), &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--json"]));
+    let r = json_out(&epi(
+        dir.path(),
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--json",
+        ],
+    ));
     for (ours, theirs) in [
         (&r["energy"]["total_joules"], &p["total_joules"]),
         (&r["energy"]["duration_seconds"], &p["duration_seconds"]),

@@ -56,6 +56,12 @@ pub struct CalculateArgs {
     /// Write the EPI result JSON here.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also log the result into this results database (SQLite).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Tags for the database entry, comma-separated (with --db).
+    #[arg(long, value_name = "A,B", requires = "db")]
+    pub tags: Option<String>,
     /// Print the result JSON instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -68,12 +74,17 @@ pub fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>> {
         let (k, v) = part
             .split_once('=')
             .with_context(|| format!("--weights: `{part}` is not SUITE=WEIGHT (e.g. mmlu=0.4)"))?;
-        let w: f64 = v
-            .trim()
-            .parse()
-            .with_context(|| format!("--weights: weight of `{}` is `{v}`, expected a number", k.trim()))?;
+        let w: f64 = v.trim().parse().with_context(|| {
+            format!(
+                "--weights: weight of `{}` is `{v}`, expected a number",
+                k.trim()
+            )
+        })?;
         if !(w.is_finite() && w >= 0.0) {
-            bail!("--weights: weight of `{}` is {w}, expected a number ≥ 0", k.trim());
+            bail!(
+                "--weights: weight of `{}` is {w}, expected a number ≥ 0",
+                k.trim()
+            );
         }
         out.insert(k.trim().to_string(), w);
     }
@@ -86,7 +97,10 @@ pub fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>> {
 /// Computes the result (shared with `validate`, which recomputes submissions).
 pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
     let general = &ctx.config.general;
-    let opts = TraceOptions { gap_limit_ms: a.gap_limit_ms.unwrap_or(general.gap_limit_ms), ..Default::default() };
+    let opts = TraceOptions {
+        gap_limit_ms: a.gap_limit_ms.unwrap_or(general.gap_limit_ms),
+        ..Default::default()
+    };
     let trace = PowerTrace::from_csv_with(&a.trace, &opts)?;
     let bench = BenchmarkResult::from_json(&a.benchmark)?;
     let weights = match &a.weights {
@@ -100,7 +114,10 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
     };
     let mut calc = EpiCalculator::new()
         .with_scorer(scorer)
-        .with_defaults(general.default_instrument.clone(), general.measurement_point.clone())
+        .with_defaults(
+            general.default_instrument.clone(),
+            general.measurement_point.clone(),
+        )
         .with_labels(ResultLabels {
             model: a.model.clone(),
             quantization: a.quantization.clone(),
@@ -110,7 +127,11 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
             measurement_point: None,
         })
         .with_repetition(a.repetition);
-    let has_meta_accuracy = trace.meta.as_ref().and_then(|m| m.source.accuracy_rel).is_some();
+    let has_meta_accuracy = trace
+        .meta
+        .as_ref()
+        .and_then(|m| m.source.accuracy_rel)
+        .is_some();
     if let Some(r) = a.energy_accuracy {
         calc = calc.with_energy_accuracy(r);
     } else if !has_meta_accuracy {
@@ -129,14 +150,24 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
     }
     let mut result = calc.calculate(&trace, &bench)?;
     for p in &a.surgery_params {
-        let (k, v) = p.split_once('=').with_context(|| format!("--surgery-param `{p}` is not NAME=VALUE"))?;
-        let v: f64 = v.trim().parse().with_context(|| format!("--surgery-param `{p}`: value is not a number"))?;
-        result.surgery_params.insert(k.trim().to_string(), serde_json::json!(v));
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--surgery-param `{p}` is not NAME=VALUE"))?;
+        let v: f64 = v
+            .trim()
+            .parse()
+            .with_context(|| format!("--surgery-param `{p}`: value is not a number"))?;
+        result
+            .surgery_params
+            .insert(k.trim().to_string(), serde_json::json!(v));
     }
     result.run_metadata.extra.insert(
         "benchmark_file".into(),
         serde_json::Value::String(
-            a.benchmark.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            a.benchmark
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
         ),
     );
     Ok(result)
@@ -146,7 +177,9 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
 pub fn run(ctx: &Context, a: &CalculateArgs) -> Result<ExitCode> {
     let result = compute(ctx, a)?;
     if let Some(out) = &a.output {
-        result.to_json(out).with_context(|| format!("writing {}", out.display()))?;
+        result
+            .to_json(out)
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -155,22 +188,40 @@ pub fn run(ctx: &Context, a: &CalculateArgs) -> Result<ExitCode> {
         if let Some(out) = &a.output {
             println!("  written to {}", out.display());
         }
+        if let Some((db, id)) = logged {
+            println!("  logged as #{id} in {}", db.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(ctx: &Context, r: &EpiResult) {
     let e = &r.energy;
-    println!("{}", ctx.bold(&format!("EPI: {:.4} J/token per unit accuracy", r.epi)));
+    println!(
+        "{}",
+        ctx.bold(&format!("EPI: {:.4} J/token per unit accuracy", r.epi))
+    );
     if let Some(ci) = r.uncertainty.as_ref().and_then(|u| u.epi_ci95) {
         println!("  95% interval     {:.4} – {:.4}", ci.0, ci.1);
     }
-    println!("  J/token          {:.4}   ({} tokens, {})", r.joules_per_token, e.total_tokens, e.token_basis);
-    println!("  accuracy         {:.4}   (composite of {})", r.accuracy_composite, {
-        let mut parts: Vec<String> = r.accuracy.scores.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
-        parts.sort();
-        parts.join(", ")
-    });
+    println!(
+        "  J/token          {:.4}   ({} tokens, {})",
+        r.joules_per_token, e.total_tokens, e.token_basis
+    );
+    println!(
+        "  accuracy         {:.4}   (composite of {})",
+        r.accuracy_composite,
+        {
+            let mut parts: Vec<String> = r
+                .accuracy
+                .scores
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.3}"))
+                .collect();
+            parts.sort();
+            parts.join(", ")
+        }
+    );
     println!(
         "  energy           {:.2} J = {:.6} kWh over {:.1} s ({})",
         e.total_joules,
@@ -178,9 +229,16 @@ fn print_summary(ctx: &Context, r: &EpiResult) {
         e.duration_seconds,
         e.method.as_deref().unwrap_or("integrated")
     );
-    println!("  power            avg {:.2} W, peak {:.2} W", e.avg_watts, e.peak_watts);
+    println!(
+        "  power            avg {:.2} W, peak {:.2} W",
+        e.avg_watts, e.peak_watts
+    );
     if let Some(net) = e.net_joules {
-        println!("  net energy       {:.2} J (idle {:.2} W subtracted)", net, e.idle_watts.unwrap_or(0.0));
+        println!(
+            "  net energy       {:.2} J (idle {:.2} W subtracted)",
+            net,
+            e.idle_watts.unwrap_or(0.0)
+        );
     }
     println!(
         "  trace            {} samples, {} channels, coverage {:.4}, {} gap(s)",

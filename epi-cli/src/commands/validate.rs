@@ -49,10 +49,15 @@ struct Files {
 
 fn find_files(dir: &Path) -> std::io::Result<Files> {
     let mut f = Files::default();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for p in entries {
-        let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
         if !p.is_file() {
             continue;
         }
@@ -76,13 +81,28 @@ fn one<'a>(what: &str, pattern: &str, v: &'a [PathBuf]) -> Result<&'a PathBuf, S
         many => Err(format!(
             "{} {what} files ({}); expected exactly one",
             many.len(),
-            many.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|p| p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
 
-const METADATA_FIELDS: [&str; 6] = ["model", "quantization", "surgery", "hardware", "instrument", "measurement_point"];
-const RUN_METADATA_FIELDS: [&str; 4] = ["run_id", "timestamp_utc", "repetition", "epi_bench_version"];
+const METADATA_FIELDS: [&str; 6] = [
+    "model",
+    "quantization",
+    "surgery",
+    "hardware",
+    "instrument",
+    "measurement_point",
+];
+const RUN_METADATA_FIELDS: [&str; 4] =
+    ["run_id", "timestamp_utc", "repetition", "epi_bench_version"];
 
 /// Runs every check.
 pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
@@ -92,12 +112,19 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
             Ok(d) => (true, d),
             Err(d) => (false, d),
         };
-        out.push(Check { name: name.to_string(), ok, detail });
+        out.push(Check {
+            name: name.to_string(),
+            ok,
+            detail,
+        });
     };
     let files = match find_files(&a.submission) {
         Ok(f) => f,
         Err(e) => {
-            push("Submission directory", Err(format!("{}: {e}", a.submission.display())));
+            push(
+                "Submission directory",
+                Err(format!("{}: {e}", a.submission.display())),
+            );
             return out;
         }
     };
@@ -105,12 +132,7 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
     let bench = one("benchmark JSON", "benchmark*.json", &files.benchmark);
     let epi = one("EPI JSON", "epi*.json", &files.epi);
     let structure = match (&trace, &bench, &epi) {
-        (Ok(t), Ok(b), Ok(e)) => Ok(format!(
-            "valid ({}, {}, {})",
-            name(t),
-            name(b),
-            name(e)
-        )),
+        (Ok(t), Ok(b), Ok(e)) => Ok(format!("valid ({}, {}, {})", name(t), name(b), name(e))),
         _ => Err([&trace, &bench, &epi]
             .iter()
             .filter_map(|r| r.as_ref().err().cloned())
@@ -122,15 +144,29 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
     // Power trace.
     let gap_limit = ctx.config.general.gap_limit_ms;
     let trace_ok = match &trace {
-        Ok(t) => match summarize(t, &TraceOptions { gap_limit_ms: gap_limit, ..Default::default() }) {
+        Ok(t) => match summarize(
+            t,
+            &TraceOptions {
+                gap_limit_ms: gap_limit,
+                ..Default::default()
+            },
+        ) {
             Ok(s) => {
-                let mut d = format!("valid ({} samples, {} channels", group(s.samples), s.channels.len());
+                let mut d = format!(
+                    "valid ({} samples, {} channels",
+                    group(s.samples),
+                    s.channels.len()
+                );
                 if s.gap_count > 0 {
                     d += &format!(", {} gap(s) over {} ms", s.gap_count, gap_limit);
                 }
                 d += ")";
                 if s.samples < 2 {
-                    Err(format!("{} has {} sample(s); expected at least two", name(t), s.samples))
+                    Err(format!(
+                        "{} has {} sample(s); expected at least two",
+                        name(t),
+                        s.samples
+                    ))
                 } else {
                     Ok(d)
                 }
@@ -143,7 +179,10 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
     push("Power trace CSV", trace_ok);
 
     // Benchmark.
-    let bench_parsed = bench.as_ref().map_err(|e| e.clone()).and_then(|b| BenchmarkResult::from_json(b).map_err(|e| e.to_string()));
+    let bench_parsed = bench
+        .as_ref()
+        .map_err(|e| e.clone())
+        .and_then(|b| BenchmarkResult::from_json(b).map_err(|e| e.to_string()));
     push(
         "Benchmark JSON",
         bench_parsed
@@ -158,7 +197,15 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
         epi_framework::jsonio::parse_json::<serde_json::Value>(p, &text).map_err(|e| e.to_string())
     });
     let epi_check = match (&epi_value, &epi) {
-        (Ok(v), Ok(p)) => check_epi(ctx, a, v, p, trace.as_ref().ok().copied(), bench.as_ref().ok().copied(), trace_valid && bench_parsed.is_ok()),
+        (Ok(v), Ok(p)) => check_epi(
+            ctx,
+            a,
+            v,
+            p,
+            trace.as_ref().ok().copied(),
+            bench.as_ref().ok().copied(),
+            trace_valid && bench_parsed.is_ok(),
+        ),
         (Err(e), _) => Err(e.clone()),
         (_, Err(e)) => Err(e.clone()),
     };
@@ -174,7 +221,9 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Vec<Check> {
 }
 
 fn name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 fn group(n: u64) -> String {
@@ -192,9 +241,12 @@ fn group(n: u64) -> String {
 fn num(v: &serde_json::Value, path: &str) -> Result<f64, String> {
     let mut cur = v;
     for part in path.split('.') {
-        cur = cur.get(part).ok_or_else(|| format!("missing field `{path}`"))?;
+        cur = cur
+            .get(part)
+            .ok_or_else(|| format!("missing field `{path}`"))?;
     }
-    cur.as_f64().ok_or_else(|| format!("field `{path}` is not a number"))
+    cur.as_f64()
+        .ok_or_else(|| format!("field `{path}` is not a number"))
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -224,10 +276,16 @@ fn check_epi(
         return Err(format!("{f}: energy.total_tokens is {tokens}"));
     }
     if !close(jpt, joules / tokens, tol) {
-        return Err(format!("{f}: joules_per_token {jpt} ≠ total_joules / total_tokens = {}", joules / tokens));
+        return Err(format!(
+            "{f}: joules_per_token {jpt} ≠ total_joules / total_tokens = {}",
+            joules / tokens
+        ));
     }
     if !close(epi, jpt / acc, tol) {
-        return Err(format!("{f}: epi {epi} ≠ joules_per_token / accuracy_composite = {}", jpt / acc));
+        return Err(format!(
+            "{f}: epi {epi} ≠ joules_per_token / accuracy_composite = {}",
+            jpt / acc
+        ));
     }
     let (Some(t), Some(b)) = (trace, bench) else {
         return Err("cannot recompute: trace or benchmark missing".into());
@@ -236,9 +294,16 @@ fn check_epi(
         return Err("cannot recompute EPI: the trace or the benchmark is invalid".into());
     }
     // Recompute with the submission's own weights.
-    let weights = v.get("accuracy").and_then(|x| x.get("weights")).and_then(|w| w.as_object()).map(|w| {
-        w.iter().filter_map(|(k, x)| x.as_f64().map(|x| format!("{k}={x}"))).collect::<Vec<_>>().join(",")
-    });
+    let weights = v
+        .get("accuracy")
+        .and_then(|x| x.get("weights"))
+        .and_then(|w| w.as_object())
+        .map(|w| {
+            w.iter()
+                .filter_map(|(k, x)| x.as_f64().map(|x| format!("{k}={x}")))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
     let args = CalculateArgs {
         trace: t.clone(),
         benchmark: b.clone(),
@@ -254,6 +319,8 @@ fn check_epi(
         surgery_params: Vec::new(),
         repetition: 1,
         output: None,
+        db: None,
+        tags: None,
         json: false,
     };
     let r = compute(ctx, &args).map_err(|e| format!("recomputing EPI failed: {e:#}"))?;
@@ -270,10 +337,18 @@ fn check_epi(
             ));
         }
     }
-    Ok(format!("valid (EPI = J/T ÷ A checks out: {:.4} recomputed from {} and {})", r.epi, name(t), name(b)))
+    Ok(format!(
+        "valid (EPI = J/T ÷ A checks out: {:.4} recomputed from {} and {})",
+        r.epi,
+        name(t),
+        name(b)
+    ))
 }
 
-fn check_metadata(v: &serde_json::Value, bench: Option<&BenchmarkResult>) -> Result<String, String> {
+fn check_metadata(
+    v: &serde_json::Value,
+    bench: Option<&BenchmarkResult>,
+) -> Result<String, String> {
     let mut missing = Vec::new();
     for k in METADATA_FIELDS {
         match v.get(k).and_then(|x| x.as_str()) {
@@ -313,7 +388,10 @@ pub fn run(ctx: &Context, a: &ValidateArgs) -> Result<ExitCode> {
     let cs = checks(ctx, a);
     let ready = cs.iter().all(|c| c.ok);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": cs, "ready": ready }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "checks": cs, "ready": ready }))?
+        );
     } else {
         for c in &cs {
             let mark = if c.ok { ctx.ok_mark() } else { ctx.fail_mark() };
@@ -326,5 +404,9 @@ pub fn run(ctx: &Context, a: &ValidateArgs) -> Result<ExitCode> {
             println!("{} Not ready: {n} check(s) failed", ctx.fail_mark());
         }
     }
-    Ok(if ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
