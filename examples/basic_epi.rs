@@ -11,8 +11,12 @@ use epi_framework::{BenchmarkResult, PowerTrace};
 
 fn main() -> Result<(), epi_framework::Error> {
     let mut args = std::env::args().skip(1);
-    let trace_path = args.next().unwrap_or_else(|| "examples/data/submission/power_trace_001.csv".into());
-    let bench_path = args.next().unwrap_or_else(|| "examples/data/submission/benchmark_001.json".into());
+    let trace_path = args
+        .next()
+        .unwrap_or_else(|| "examples/data/submission/power_trace_001.csv".into());
+    let bench_path = args
+        .next()
+        .unwrap_or_else(|| "examples/data/submission/benchmark_001.json".into());
 
     // Load power trace from epi-meter CSV (streamed: memory does not grow with the file).
     let trace = PowerTrace::from_csv(&trace_path)?;

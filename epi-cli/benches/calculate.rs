@@ -19,13 +19,18 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --all-targets` runs bench targets without `--bench`: nothing to do then.
-        println!("calculate bench: run with `cargo bench -p epi-cli --bench calculate [-- --quick]`");
+        println!(
+            "calculate bench: run with `cargo bench -p epi-cli --bench calculate [-- --quick]`"
+        );
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let runs = if quick { 3 } else { 3 };
+    let runs = 3;
     let sizes: Vec<u64> = if quick { vec![64] } else { vec![64, 1024] };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf();
     let refdir = root.join("epi-cli/benches/reference");
     let data = root.join("target/bench-data");
     std::fs::create_dir_all(&data).expect("create target/bench-data");
@@ -38,7 +43,10 @@ fn main() {
     for mb in sizes {
         let trace = data.join(format!("trace_{mb}mb.csv"));
         if !trace.exists() {
-            println!("generating {} with gen_trace.py --target-mb {mb} ...", trace.display());
+            println!(
+                "generating {} with gen_trace.py --target-mb {mb} ...",
+                trace.display()
+            );
             let st = Command::new("python3")
                 .arg(refdir.join("gen_trace.py"))
                 .arg(&trace)
@@ -65,7 +73,10 @@ fn main() {
             epi_runs.push((t, rss));
             epi_out = out;
             let (t, rss, out) = run_measured(
-                Command::new("python3").arg(refdir.join("pandas_epi_reference.py")).arg(&trace).arg(&bench_json),
+                Command::new("python3")
+                    .arg(refdir.join("pandas_epi_reference.py"))
+                    .arg(&trace)
+                    .arg(&bench_json),
             );
             pd_runs.push((t, rss));
             pd_out = out;
@@ -75,7 +86,8 @@ fn main() {
         let ej = e["energy"]["total_joules"].as_f64().expect("energy");
         let pj = p["total_joules"].as_f64().expect("energy");
         let rel = ((ej - pj) / pj).abs();
-        let epi_rel = ((e["epi"].as_f64().unwrap_or(f64::NAN) - p["epi"].as_f64().unwrap_or(f64::NAN))
+        let epi_rel = ((e["epi"].as_f64().unwrap_or(f64::NAN)
+            - p["epi"].as_f64().unwrap_or(f64::NAN))
             / p["epi"].as_f64().unwrap_or(f64::NAN))
         .abs();
         let peak_same = e["energy"]["peak_watts"] == p["peak_watts"];
@@ -85,7 +97,15 @@ fn main() {
     }
     println!(
         "{:>9} {:>12} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10}",
-        "trace", "rows", "epi s", "epi MiB", "pandas s", "pandas MiB", "speedup", "ΔE rel", "ΔEPI rel"
+        "trace",
+        "rows",
+        "epi s",
+        "epi MiB",
+        "pandas s",
+        "pandas MiB",
+        "speedup",
+        "ΔE rel",
+        "ΔEPI rel"
     );
     let mut ok = true;
     for (mb, bytes, et, erss, pt, prss, rel, epi_rel, peak_same) in &rows {
@@ -109,7 +129,10 @@ fn main() {
         }
     }
     println!("\n(rows column: bytes / 42, the generator's estimate)");
-    println!("targets: ≥ 20× pandas on ~1 GB, < 64 MiB peak RSS, energy and EPI equal to 1e-9: {}", if ok { "MET" } else { "NOT MET" });
+    println!(
+        "targets: ≥ 20× pandas on ~1 GB, < 64 MiB peak RSS, energy and EPI equal to 1e-9: {}",
+        if ok { "MET" } else { "NOT MET" }
+    );
 }
 
 /// Reads the file once so both programs start from a warm page cache.
@@ -120,20 +143,33 @@ fn warm(p: &Path) {
     while f.read(&mut buf).expect("read") > 0 {}
 }
 
-/// Runs a command; returns (wall seconds, peak RSS KiB, stdout).
+/// Runs a command; returns (wall seconds, peak RSS KiB, stdout). The child is reaped with `wait4`
+/// (which also gives its own resource usage), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> (f64, i64, String) {
     use std::io::Read;
     let start = Instant::now();
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let mut out = String::new();
-    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read stdout");
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(r, pid, "wait4");
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "command failed: {cmd:?}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "command failed: {cmd:?}"
+    );
     (secs, ru.ru_maxrss, out)
 }
 

@@ -23,13 +23,23 @@ impl Context {
         let config = Config::load(config_path.map(|p| p.as_path()))?;
         #[allow(unused_mut)]
         let mut registry = Registry::builtin();
-        let libs: Vec<PathBuf> = config.plugins.iter().chain(plugins.iter()).cloned().collect();
+        let libs: Vec<PathBuf> = config
+            .plugins
+            .iter()
+            .chain(plugins.iter())
+            .cloned()
+            .collect();
         for lib in libs {
             epi_framework::dynamic::load_into(&mut registry, &lib)
                 .with_context(|| format!("loading plugin library {}", lib.display()))?;
         }
-        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal();
-        Ok(Context { config, registry, color })
+        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::io::stdout().is_terminal();
+        Ok(Context {
+            config,
+            registry,
+            color,
+        })
     }
 
     /// `✓` in green (or plain).

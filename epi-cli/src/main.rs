@@ -99,7 +99,10 @@ fn report(e: anyhow::Error) -> ExitCode {
     }
     let input = e.chain().any(|c| {
         c.downcast_ref::<epi_framework::InputError>().is_some()
-            || matches!(c.downcast_ref::<epi_framework::Error>(), Some(epi_framework::Error::Input(_)))
+            || matches!(
+                c.downcast_ref::<epi_framework::Error>(),
+                Some(epi_framework::Error::Input(_))
+            )
     });
     ExitCode::from(if input { 3 } else { 4 })
 }

@@ -69,11 +69,17 @@ impl BenchmarkResult {
     /// Checks value ranges; on failure returns the field path and what was expected.
     pub fn check(&self) -> Result<(), (String, String)> {
         if self.benchmarks.is_empty() {
-            return Err(("benchmarks".into(), "expected at least one benchmark score".into()));
+            return Err((
+                "benchmarks".into(),
+                "expected at least one benchmark score".into(),
+            ));
         }
         for (k, v) in &self.benchmarks {
             if !(v.is_finite() && (0.0..=1.0).contains(v)) {
-                return Err((format!("benchmarks.{k}"), format!("score {v} is outside [0, 1]")));
+                return Err((
+                    format!("benchmarks.{k}"),
+                    format!("score {v} is outside [0, 1]"),
+                ));
             }
         }
         if !(self.duration_seconds.is_finite() && self.duration_seconds >= 0.0) {
@@ -84,7 +90,10 @@ impl BenchmarkResult {
         }
         for (k, (lo, hi)) in &self.benchmark_ci95 {
             if !(0.0 <= *lo && lo <= hi && *hi <= 1.0) {
-                return Err((format!("benchmark_ci95.{k}"), format!("[{lo}, {hi}] is not an interval in [0, 1]")));
+                return Err((
+                    format!("benchmark_ci95.{k}"),
+                    format!("[{lo}, {hi}] is not an interval in [0, 1]"),
+                ));
             }
         }
         Ok(())

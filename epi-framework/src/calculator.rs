@@ -17,7 +17,9 @@ use crate::benchmark::BenchmarkResult;
 use crate::error::Error;
 use crate::metrics;
 use crate::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use crate::result::{AccuracySection, EnergySection, EpiResult, Environment, RunMetadata, Uncertainty};
+use crate::result::{
+    AccuracySection, EnergySection, Environment, EpiResult, RunMetadata, Uncertainty,
+};
 use crate::scorer::{Metric, ScoreError, ScoreInput, Scorer};
 use crate::trace::PowerTrace;
 use serde::Deserialize;
@@ -41,7 +43,9 @@ impl CompositeScorer {
 
     /// Given weights by suite name.
     pub fn with_weights<K: Into<String>>(weights: impl IntoIterator<Item = (K, f64)>) -> Self {
-        CompositeScorer { weights: Some(weights.into_iter().map(|(k, v)| (k.into(), v)).collect()) }
+        CompositeScorer {
+            weights: Some(weights.into_iter().map(|(k, v)| (k.into(), v)).collect()),
+        }
     }
 
     /// The weights actually applied to `scores` (by suite name), for the result JSON.
@@ -52,7 +56,11 @@ impl CompositeScorer {
                 let suite = metrics::suite_of_benchmark_key(k).to_string();
                 let w = match &self.weights {
                     None => 1.0 / scores.len() as f64,
-                    Some(w) => w.get(&suite).or_else(|| w.get(k)).copied().unwrap_or(f64::NAN),
+                    Some(w) => w
+                        .get(&suite)
+                        .or_else(|| w.get(k))
+                        .copied()
+                        .unwrap_or(f64::NAN),
                 };
                 (suite, w)
             })
@@ -77,9 +85,10 @@ impl CompositeScorer {
 
 impl Scorer for CompositeScorer {
     fn score(&self, input: &ScoreInput) -> Result<Vec<Metric>, ScoreError> {
-        let (a, ci) = self
-            .composite(input)
-            .map_err(|e| ScoreError { scorer: "composite".into(), message: e.to_string() })?;
+        let (a, ci) = self.composite(input).map_err(|e| ScoreError {
+            scorer: "composite".into(),
+            message: e.to_string(),
+        })?;
         Ok(vec![Metric {
             name: "accuracy_composite".into(),
             value: a,
@@ -91,7 +100,10 @@ impl Scorer for CompositeScorer {
 }
 
 fn build_composite(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
-    Ok(Box::new(parse_config::<CompositeScorer>("composite", config)?))
+    Ok(Box::new(parse_config::<CompositeScorer>(
+        "composite",
+        config,
+    )?))
 }
 
 inventory::submit! {
@@ -174,7 +186,11 @@ impl EpiCalculator {
     }
 
     /// Defaults for instrument and measurement point (from configuration).
-    pub fn with_defaults(mut self, instrument: impl Into<String>, measurement_point: impl Into<String>) -> Self {
+    pub fn with_defaults(
+        mut self,
+        instrument: impl Into<String>,
+        measurement_point: impl Into<String>,
+    ) -> Self {
         self.default_instrument = instrument.into();
         self.default_measurement_point = measurement_point.into();
         self
@@ -220,7 +236,9 @@ impl EpiCalculator {
         }
         ScoreInput {
             energy_j: energy,
-            net_energy_j: self.idle_watts.map(|w| metrics::net_energy(energy, w, s.duration_seconds())),
+            net_energy_j: self
+                .idle_watts
+                .map(|w| metrics::net_energy(energy, w, s.duration_seconds())),
             energy_rel_accuracy: Some(self.energy_accuracy(trace)),
             tokens_in: bench.tokens_in,
             tokens_out: bench.total_tokens,
@@ -240,7 +258,11 @@ impl EpiCalculator {
     }
 
     /// EPI of a trace and a benchmark result.
-    pub fn calculate(&self, trace: &PowerTrace, bench: &BenchmarkResult) -> Result<EpiResult, Error> {
+    pub fn calculate(
+        &self,
+        trace: &PowerTrace,
+        bench: &BenchmarkResult,
+    ) -> Result<EpiResult, Error> {
         let s = &trace.summary;
         if s.samples < 2 {
             return Err(Error::Invalid(format!(
@@ -257,11 +279,15 @@ impl EpiCalculator {
         let jpt = metrics::joules_per_token(energy, bench.total_tokens)?;
         let epi = metrics::epi(energy, bench.total_tokens, a)?;
         let rel = self.energy_accuracy(trace);
-        let epi_ci = a_ci.and_then(|ci| metrics::epi_interval(energy, rel, bench.total_tokens, ci).ok());
+        let epi_ci =
+            a_ci.and_then(|ci| metrics::epi_interval(energy, rel, bench.total_tokens, ci).ok());
 
         let mut metrics_map = BTreeMap::new();
         for (key, scorer) in &self.extra_scorers {
-            let ms = scorer.score(&input).map_err(|e| Error::Plugin { plugin: key.clone(), message: e.message })?;
+            let ms = scorer.score(&input).map_err(|e| Error::Plugin {
+                plugin: key.clone(),
+                message: e.message,
+            })?;
             for m in ms {
                 metrics_map.insert(m.name, m.value);
             }
@@ -283,14 +309,27 @@ impl EpiCalculator {
             peak_watts: s.peak_watts,
             duration_seconds: duration,
             kwh: s.kwh(),
-            token_basis: bench.token_basis.clone().unwrap_or_else(|| "generated".into()),
-            method: Some(meta.map(|m| m.source.method.to_string()).unwrap_or_else(|| "integrated".into())),
-            source: Some(meta.map(|m| m.source.source.clone()).unwrap_or_else(|| "trace-csv".into())),
+            token_basis: bench
+                .token_basis
+                .clone()
+                .unwrap_or_else(|| "generated".into()),
+            method: Some(
+                meta.map(|m| m.source.method.to_string())
+                    .unwrap_or_else(|| "integrated".into()),
+            ),
+            source: Some(
+                meta.map(|m| m.source.source.clone())
+                    .unwrap_or_else(|| "trace-csv".into()),
+            ),
             sample_rate_hz: s.sample_rate_hz(),
             coverage: Some(s.coverage()),
             samples: Some(s.samples),
             channels: Some(s.channels.len() as u32),
-            per_node_joules: s.channels.iter().map(|(k, c)| (k.to_string(), c.joules)).collect(),
+            per_node_joules: s
+                .channels
+                .iter()
+                .map(|(k, c)| (k.to_string(), c.joules))
+                .collect(),
             gaps: s.gaps.clone(),
             gap_count: Some(s.gap_count),
             gap_limit_ms: Some(s.gap_limit_ms),
@@ -308,16 +347,29 @@ impl EpiCalculator {
         extra.insert(
             "trace_file".into(),
             serde_json::Value::String(
-                s.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+                s.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default(),
             ),
         );
-        extra.insert("inference_engine".into(), bench.inference_engine.clone().into());
-        extra.insert("inference_engine_version".into(), bench.inference_engine_version.clone().into());
+        extra.insert(
+            "inference_engine".into(),
+            bench.inference_engine.clone().into(),
+        );
+        extra.insert(
+            "inference_engine_version".into(),
+            bench.inference_engine_version.clone().into(),
+        );
         if let Some(m) = &bench.scoring_mode {
             extra.insert("scoring_mode".into(), m.clone().into());
         }
         let firmware = meta.and_then(|m| {
-            m.source.details.get("firmware").or_else(|| m.source.details.get("fw")).and_then(|v| v.as_str().map(String::from))
+            m.source
+                .details
+                .get("firmware")
+                .or_else(|| m.source.details.get("fw"))
+                .and_then(|v| v.as_str().map(String::from))
         });
         let labels = &self.labels;
         Ok(EpiResult {

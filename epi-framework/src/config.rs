@@ -101,11 +101,19 @@ pub struct Benchmarks {
 impl Default for Benchmarks {
     fn default() -> Self {
         Benchmarks {
-            suites: vec!["mmlu_5shot".into(), "arc_challenge_25shot".into(), "hellaswag_10shot".into()],
-            default_weights: [("mmlu", 0.333), ("arc_challenge", 0.333), ("hellaswag", 0.333)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            suites: vec![
+                "mmlu_5shot".into(),
+                "arc_challenge_25shot".into(),
+                "hellaswag_10shot".into(),
+            ],
+            default_weights: [
+                ("mmlu", 0.333),
+                ("arc_challenge", 0.333),
+                ("hellaswag", 0.333),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         }
     }
 }
@@ -129,7 +137,13 @@ pub struct Colors {
 impl Default for Colors {
     fn default() -> Self {
         let t = Theme::dark();
-        Colors { gold: t.accent, background: t.background, panel: t.panel, text: t.text, grid: t.grid }
+        Colors {
+            gold: t.accent,
+            background: t.background,
+            panel: t.panel,
+            text: t.text,
+            grid: t.grid,
+        }
     }
 }
 
@@ -151,7 +165,13 @@ pub struct Plotting {
 
 impl Default for Plotting {
     fn default() -> Self {
-        Plotting { theme: "dark".into(), dpi: 300, format: "png".into(), figsize: (12.0, 8.0), colors: Colors::default() }
+        Plotting {
+            theme: "dark".into(),
+            dpi: 300,
+            format: "png".into(),
+            figsize: (12.0, 8.0),
+            colors: Colors::default(),
+        }
     }
 }
 
@@ -167,7 +187,9 @@ impl Plotting {
                 grid: self.colors.grid.clone(),
             }),
             "light" => Ok(Theme::light()),
-            other => Err(Error::Invalid(format!("unknown theme `{other}`; expected `dark` or `light`"))),
+            other => Err(Error::Invalid(format!(
+                "unknown theme `{other}`; expected `dark` or `light`"
+            ))),
         }
     }
 }
@@ -266,7 +288,11 @@ impl Config {
     pub fn plugin_tables(&self) -> Vec<(PluginKind, String, String)> {
         let mut v = Vec::new();
         if self.orchestrator.is_some() {
-            v.push((PluginKind::Power, "orchestrator".into(), "[orchestrator]".into()));
+            v.push((
+                PluginKind::Power,
+                "orchestrator".into(),
+                "[orchestrator]".into(),
+            ));
         }
         for (kind, map) in [
             (PluginKind::Power, &self.power),
@@ -360,12 +386,18 @@ grid = "#333333"
     #[test]
     fn unknown_keys_are_named_with_their_line() {
         let text = SPEC.replace("dpi = 300", "dpi = 300\ndpii = 2");
-        let e = Config::from_str_at(Path::new("epi-bench.toml"), &text).unwrap_err().to_string();
+        let e = Config::from_str_at(Path::new("epi-bench.toml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `dpii`"), "{e}");
         assert!(e.starts_with("epi-bench.toml:20: plotting.dpii"), "{e}");
-        let e = Config::from_str_at(Path::new("c.toml"), "[generall]\nx = 1\n").unwrap_err().to_string();
+        let e = Config::from_str_at(Path::new("c.toml"), "[generall]\nx = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `generall`"), "{e}");
-        let e = Config::from_str_at(Path::new("c.toml"), "[plotting]\ndpi = \"high\"\n").unwrap_err().to_string();
+        let e = Config::from_str_at(Path::new("c.toml"), "[plotting]\ndpi = \"high\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("plotting.dpi"), "{e}");
     }
 

@@ -29,7 +29,9 @@
 
 use crate::error::Error;
 use crate::power::{PowerError, PowerSource};
-use crate::registry::{Entry, EntryFactory, Origin, PluginConfig, PluginKind, Registry};
+use crate::registry::{
+    DynPowerFactory, Entry, EntryFactory, Origin, PluginConfig, PluginKind, Registry,
+};
 use crate::sample::{PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats};
 use async_trait::async_trait;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -54,12 +56,16 @@ pub struct EpiPluginV1 {
     /// One-line description.
     pub description: *const c_char,
     /// Creates an instance from JSON configuration; null and `*err` on failure.
-    pub create: unsafe extern "C" fn(config_json: *const c_char, err: *mut *mut c_char) -> *mut c_void,
+    pub create:
+        unsafe extern "C" fn(config_json: *const c_char, err: *mut *mut c_char) -> *mut c_void,
     /// Opens the instrument; returns `SourceInfo` JSON.
     pub open: unsafe extern "C" fn(inst: *mut c_void, err: *mut *mut c_char) -> *mut c_char,
     /// Next batch as JSON, `null` at the end.
-    pub next_batch:
-        unsafe extern "C" fn(inst: *mut c_void, timeout_ms: u32, err: *mut *mut c_char) -> *mut c_char,
+    pub next_batch: unsafe extern "C" fn(
+        inst: *mut c_void,
+        timeout_ms: u32,
+        err: *mut *mut c_char,
+    ) -> *mut c_char,
     /// Closes and frees the instance.
     pub close: unsafe extern "C" fn(inst: *mut c_void),
     /// Frees a string the plugin returned.
@@ -80,7 +86,10 @@ unsafe impl Send for Library {}
 unsafe impl Sync for Library {}
 
 fn refuse(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Plugin { plugin: path.display().to_string(), message: msg.into() }
+    Error::Plugin {
+        plugin: path.display().to_string(),
+        message: msg.into(),
+    }
 }
 
 /// Loads a plugin library and adds what it declares to `registry`. Refuses (without calling into
@@ -91,13 +100,17 @@ pub fn load_into(registry: &mut Registry, path: &Path) -> Result<(), Error> {
     let description = unsafe { cstr(desc.description) }.unwrap_or_default();
     let key = lib.key.clone();
     let lib2 = lib.clone();
-    let factory: Arc<dyn Fn(&PluginConfig) -> Result<Box<dyn PowerSource>, Error> + Send + Sync> =
-        Arc::new(move |cfg: &PluginConfig| DynamicPowerSource::create(lib2.clone(), cfg).map(|s| Box::new(s) as _));
+    let factory: DynPowerFactory = Arc::new(move |cfg: &PluginConfig| {
+        DynamicPowerSource::create(lib2.clone(), cfg).map(|s| Box::new(s) as _)
+    });
     registry.add(Entry {
         key,
         kind: PluginKind::Power,
         description,
-        origin: Origin::Dynamic { path: path.to_path_buf(), abi_version: desc.abi_version },
+        origin: Origin::Dynamic {
+            path: path.to_path_buf(),
+            abi_version: desc.abi_version,
+        },
         factory: EntryFactory::DynamicPower(factory),
     })
 }
@@ -108,7 +121,12 @@ fn open_checked(path: &Path) -> Result<Library, Error> {
     let version: u32 = unsafe {
         let sym = lib
             .get::<*const u32>(b"epi_plugin_abi_version\0")
-            .map_err(|_| refuse(path, "not an epi-bench plugin: no `epi_plugin_abi_version` symbol"))?;
+            .map_err(|_| {
+                refuse(
+                    path,
+                    "not an epi-bench plugin: no `epi_plugin_abi_version` symbol",
+                )
+            })?;
         let p: *const u32 = *sym;
         if p.is_null() {
             return Err(refuse(path, "`epi_plugin_abi_version` is null"));
@@ -132,16 +150,40 @@ fn open_checked(path: &Path) -> Result<Library, Error> {
     }
     let d = unsafe { &*desc };
     if d.abi_version != ABI_VERSION {
-        return Err(refuse(path, format!("descriptor says ABI version {}, expected {ABI_VERSION}", d.abi_version)));
+        return Err(refuse(
+            path,
+            format!(
+                "descriptor says ABI version {}, expected {ABI_VERSION}",
+                d.abi_version
+            ),
+        ));
     }
     if d.kind != KIND_POWER {
-        return Err(refuse(path, format!("plugin kind {} is not supported by ABI v1 (1 = power source)", d.kind)));
+        return Err(refuse(
+            path,
+            format!(
+                "plugin kind {} is not supported by ABI v1 (1 = power source)",
+                d.kind
+            ),
+        ));
     }
-    let key = unsafe { cstr(d.key) }.ok_or_else(|| refuse(path, "descriptor key is not UTF-8 text"))?;
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(refuse(path, format!("plugin key `{key}` must be non-empty [A-Za-z0-9_-]")));
+    let key =
+        unsafe { cstr(d.key) }.ok_or_else(|| refuse(path, "descriptor key is not UTF-8 text"))?;
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(refuse(
+            path,
+            format!("plugin key `{key}` must be non-empty [A-Za-z0-9_-]"),
+        ));
     }
-    Ok(Library { _lib: lib, desc, key })
+    Ok(Library {
+        _lib: lib,
+        desc,
+        key,
+    })
 }
 
 unsafe fn cstr(p: *const c_char) -> Option<String> {
@@ -194,17 +236,30 @@ impl DynamicPowerSource {
     fn create(lib: Arc<Library>, cfg: &PluginConfig) -> Result<DynamicPowerSource, Error> {
         let key = lib.key.clone();
         let json = CString::new(serde_json::to_string(cfg).unwrap_or_else(|_| "null".into()))
-            .map_err(|_| Error::Plugin { plugin: key.clone(), message: "configuration contains NUL".into() })?;
+            .map_err(|_| Error::Plugin {
+                plugin: key.clone(),
+                message: "configuration contains NUL".into(),
+            })?;
         let mut err: *mut c_char = std::ptr::null_mut();
         let desc = unsafe { &*lib.desc };
         let ptr = unsafe { (desc.create)(json.as_ptr(), &mut err) };
-        let mut inst = Instance { lib, ptr: std::ptr::null_mut() };
+        let mut inst = Instance {
+            lib,
+            ptr: std::ptr::null_mut(),
+        };
         if ptr.is_null() {
             let msg = inst.take(err).unwrap_or_else(|| "create failed".into());
-            return Err(Error::Plugin { plugin: key, message: msg });
+            return Err(Error::Plugin {
+                plugin: key,
+                message: msg,
+            });
         }
         inst.ptr = ptr;
-        Ok(DynamicPowerSource { key, inst: Arc::new(Mutex::new(inst)), stats: SourceStats::default() })
+        Ok(DynamicPowerSource {
+            key,
+            inst: Arc::new(Mutex::new(inst)),
+            stats: SourceStats::default(),
+        })
     }
 
     fn call(
@@ -212,14 +267,25 @@ impl DynamicPowerSource {
         key: &str,
         f: impl FnOnce(&Instance, *mut *mut c_char) -> *mut c_char,
     ) -> Result<String, PowerError> {
-        let guard = inst.lock().map_err(|_| PowerError::Io { source_key: key.into(), message: "plugin poisoned".into() })?;
+        let guard = inst.lock().map_err(|_| PowerError::Io {
+            source_key: key.into(),
+            message: "plugin poisoned".into(),
+        })?;
         let mut err: *mut c_char = std::ptr::null_mut();
         let out = f(&guard, &mut err);
         if out.is_null() {
-            let msg = guard.take(err).unwrap_or_else(|| "plugin call failed".into());
-            return Err(PowerError::Io { source_key: key.into(), message: msg });
+            let msg = guard
+                .take(err)
+                .unwrap_or_else(|| "plugin call failed".into());
+            return Err(PowerError::Io {
+                source_key: key.into(),
+                message: msg,
+            });
         }
-        guard.take(out).ok_or_else(|| PowerError::Io { source_key: key.into(), message: "null result".into() })
+        guard.take(out).ok_or_else(|| PowerError::Io {
+            source_key: key.into(),
+            message: "null result".into(),
+        })
     }
 }
 
@@ -240,11 +306,15 @@ impl PowerSource for DynamicPowerSource {
             DynamicPowerSource::call(&inst, &key, |i, err| unsafe { (i.desc().open)(i.ptr, err) })
         })
         .await
-        .map_err(|e| PowerError::Io { source_key: self.key.clone(), message: e.to_string() })??;
-        let mut info: SourceInfo = serde_json::from_str(&text).map_err(|e| PowerError::Measurement {
+        .map_err(|e| PowerError::Io {
             source_key: self.key.clone(),
-            message: format!("plugin returned invalid SourceInfo JSON: {e}"),
-        })?;
+            message: e.to_string(),
+        })??;
+        let mut info: SourceInfo =
+            serde_json::from_str(&text).map_err(|e| PowerError::Measurement {
+                source_key: self.key.clone(),
+                message: format!("plugin returned invalid SourceInfo JSON: {e}"),
+            })?;
         info.source = self.key.clone();
         Ok(info)
     }
@@ -253,10 +323,15 @@ impl PowerSource for DynamicPowerSource {
         let inst = self.inst.clone();
         let key = self.key.clone();
         let text = tokio::task::spawn_blocking(move || {
-            DynamicPowerSource::call(&inst, &key, |i, err| unsafe { (i.desc().next_batch)(i.ptr, 1000, err) })
+            DynamicPowerSource::call(&inst, &key, |i, err| unsafe {
+                (i.desc().next_batch)(i.ptr, 1000, err)
+            })
         })
         .await
-        .map_err(|e| PowerError::Io { source_key: self.key.clone(), message: e.to_string() })??;
+        .map_err(|e| PowerError::Io {
+            source_key: self.key.clone(),
+            message: e.to_string(),
+        })??;
         if text.trim() == "null" {
             return Ok(None);
         }
@@ -273,7 +348,10 @@ impl PowerSource for DynamicPowerSource {
             }
         }
         self.stats.samples += b.samples.len() as u64;
-        Ok(Some(SampleBatch { samples: b.samples, events: b.events }))
+        Ok(Some(SampleBatch {
+            samples: b.samples,
+            events: b.events,
+        }))
     }
 
     fn stats(&self) -> SourceStats {

@@ -64,7 +64,13 @@ impl ChannelSeries {
         let segments = samples
             .windows(2)
             .filter(|w| w[1].0 > w[0].0)
-            .map(|w| Segment { t0: w[0].0, t1: w[1].0, p0: w[0].1, p1: w[1].1, gap: w[1].0 - w[0].0 > gap_limit_ms })
+            .map(|w| Segment {
+                t0: w[0].0,
+                t1: w[1].0,
+                p0: w[0].1,
+                p1: w[1].1,
+                gap: w[1].0 - w[0].0 > gap_limit_ms,
+            })
             .collect();
         ChannelSeries { channel, segments }
     }
@@ -77,7 +83,13 @@ impl ChannelSeries {
             .filter(|w| w[1].0 > w[0].0)
             .map(|w| {
                 let p = (w[1].1 - w[0].1) * 1000.0 / (w[1].0 - w[0].0);
-                Segment { t0: w[0].0, t1: w[1].0, p0: p, p1: p, gap: w[1].0 - w[0].0 > gap_limit_ms }
+                Segment {
+                    t0: w[0].0,
+                    t1: w[1].0,
+                    p0: p,
+                    p1: p,
+                    gap: w[1].0 - w[0].0 > gap_limit_ms,
+                }
             })
             .collect();
         ChannelSeries { channel, segments }
@@ -93,7 +105,10 @@ impl ChannelSeries {
         by.into_iter()
             .map(|(ch, v)| {
                 if v.iter().all(|s| s.energy_j.is_some()) && v.len() > 1 {
-                    let r: Vec<(f64, f64)> = v.iter().map(|s| (s.t_ms, s.energy_j.unwrap_or(0.0))).collect();
+                    let r: Vec<(f64, f64)> = v
+                        .iter()
+                        .map(|s| (s.t_ms, s.energy_j.unwrap_or(0.0)))
+                        .collect();
                     ChannelSeries::from_counter(ch, &r, gap_limit_ms)
                 } else {
                     let r: Vec<(f64, f64)> = v.iter().map(|s| (s.t_ms, s.watts)).collect();
@@ -106,7 +121,11 @@ impl ChannelSeries {
     /// Energy over `[a, b]`, J.
     pub fn joules_between(&self, a: f64, b: f64) -> f64 {
         let start = self.segments.partition_point(|s| s.t1 <= a);
-        self.segments[start..].iter().take_while(|s| s.t0 < b).map(|s| s.joules_between(a, b)).sum()
+        self.segments[start..]
+            .iter()
+            .take_while(|s| s.t0 < b)
+            .map(|s| s.joules_between(a, b))
+            .sum()
     }
 
     /// Time within `[a, b]` covered by non-gap segments, ms.
@@ -134,11 +153,17 @@ pub struct WindowEnergy {
 pub fn window_energy(series: &[ChannelSeries], a: f64, b: f64) -> WindowEnergy {
     let joules = series.iter().map(|s| s.joules_between(a, b)).sum();
     let coverage = if b > a {
-        series.iter().map(|s| s.covered_between(a, b) / (b - a)).fold(1.0, f64::min)
+        series
+            .iter()
+            .map(|s| s.covered_between(a, b) / (b - a))
+            .fold(1.0, f64::min)
     } else {
         0.0
     };
-    WindowEnergy { joules, coverage: if series.is_empty() { 0.0 } else { coverage } }
+    WindowEnergy {
+        joules,
+        coverage: if series.is_empty() { 0.0 } else { coverage },
+    }
 }
 
 /// The result of attributing a run's energy to its queries.
@@ -159,7 +184,11 @@ pub struct Attribution {
 /// Partitions the run window `span` (ms): at every instant the cluster power is shared equally
 /// among the queries in flight; instants with none go to `between_queries_j`. `windows` are the
 /// queries' `(start, end)` in ms on the same timeline; they may overlap (concurrent queries).
-pub fn attribute(series: &[ChannelSeries], windows: &[(f64, f64)], span: (f64, f64)) -> Attribution {
+pub fn attribute(
+    series: &[ChannelSeries],
+    windows: &[(f64, f64)],
+    span: (f64, f64),
+) -> Attribution {
     let (s0, s1) = span;
     // Breakpoints: every segment end and every window edge inside the span.
     let mut bps: Vec<f64> = Vec::new();
@@ -216,7 +245,11 @@ pub fn attribute(series: &[ChannelSeries], windows: &[(f64, f64)], span: (f64, f
             next_w += 1;
         }
         active.retain(|&i| windows[i].1 > u);
-        let inflight: Vec<usize> = active.iter().copied().filter(|&i| windows[i].1 >= v).collect();
+        let inflight: Vec<usize> = active
+            .iter()
+            .copied()
+            .filter(|&i| windows[i].1 >= v)
+            .collect();
         if inflight.is_empty() {
             between += e;
         } else {
@@ -226,9 +259,18 @@ pub fn attribute(series: &[ChannelSeries], windows: &[(f64, f64)], span: (f64, f
             }
         }
     }
-    let per_query_coverage = windows.iter().map(|&(a, b)| window_energy(series, a, b).coverage).collect();
+    let per_query_coverage = windows
+        .iter()
+        .map(|&(a, b)| window_energy(series, a, b).coverage)
+        .collect();
     let total = per_query.iter().sum::<f64>() + between;
-    Attribution { per_query_j: per_query, per_query_coverage, between_queries_j: between, total_j: total, span }
+    Attribution {
+        per_query_j: per_query,
+        per_query_coverage,
+        between_queries_j: between,
+        total_j: total,
+        span,
+    }
 }
 
 /// Turns readings of a wrapping counter (RAPL `energy_uj`) into a monotonic total, using the
@@ -244,7 +286,12 @@ pub struct CounterUnwrapper {
 impl CounterUnwrapper {
     /// A new unwrapper for a counter that wraps after `range` (its largest value).
     pub fn new(range: u64) -> Self {
-        CounterUnwrapper { range, last: None, total: 0, wraps: 0 }
+        CounterUnwrapper {
+            range,
+            last: None,
+            total: 0,
+            wraps: 0,
+        }
     }
 
     /// Adds a raw reading; returns the unwrapped total since the first reading.
@@ -308,7 +355,11 @@ mod tests {
 
     #[test]
     fn counter_segments_integrate_to_the_counter_difference() {
-        let s = vec![ChannelSeries::from_counter(0, &[(0.0, 100.0), (100.0, 101.5), (300.0, 104.0)], 1e9)];
+        let s = vec![ChannelSeries::from_counter(
+            0,
+            &[(0.0, 100.0), (100.0, 101.5), (300.0, 104.0)],
+            1e9,
+        )];
         assert!((window_energy(&s, 0.0, 300.0).joules - 4.0).abs() < 1e-12);
         // Half of the first interval: 0.75 J.
         assert!((window_energy(&s, 0.0, 50.0).joules - 0.75).abs() < 1e-12);
@@ -316,7 +367,11 @@ mod tests {
 
     #[test]
     fn coverage_flags_gaps_and_edges() {
-        let s = vec![ChannelSeries::from_power(0, &[(0.0, 1.0), (100.0, 1.0), (2000.0, 1.0)], 500.0)];
+        let s = vec![ChannelSeries::from_power(
+            0,
+            &[(0.0, 1.0), (100.0, 1.0), (2000.0, 1.0)],
+            500.0,
+        )];
         let w = window_energy(&s, 0.0, 2000.0);
         assert!((w.coverage - 0.05).abs() < 1e-12);
         assert!((w.joules - 2.0).abs() < 1e-12);

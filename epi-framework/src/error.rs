@@ -20,7 +20,11 @@ pub struct Location {
 impl Location {
     /// A location in `file`.
     pub fn file(path: impl AsRef<Path>) -> Self {
-        Location { file: Some(path.as_ref().to_path_buf()), line: None, field: None }
+        Location {
+            file: Some(path.as_ref().to_path_buf()),
+            line: None,
+            field: None,
+        }
     }
     /// The same location at `line`.
     pub fn at_line(mut self, line: u64) -> Self {
@@ -65,7 +69,10 @@ pub struct InputError {
 impl InputError {
     /// A new input error at `location`.
     pub fn new(location: Location, message: impl Into<String>) -> Self {
-        InputError { location, message: message.into() }
+        InputError {
+            location,
+            message: message.into(),
+        }
     }
 }
 
@@ -117,7 +124,10 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 }
 

@@ -67,9 +67,15 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), Err
 
 /// Writes bytes to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -95,15 +101,24 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_field() {
         let p = Path::new("b.json");
-        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\",\n \"inner\": {\"score\": \"high\"}\n}")
+        let e = parse_json::<Outer>(
+            p,
+            "{\n \"name\": \"x\",\n \"inner\": {\"score\": \"high\"}\n}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("b.json:3: inner.score: invalid type"), "{e}");
+        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\",\n \"inner\": {}\n}")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("b.json:3: inner.score: invalid type"), "{e}");
-        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\",\n \"inner\": {}\n}").unwrap_err().to_string();
         assert!(e.contains("b.json:3: inner.score: missing field"), "{e}");
-        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\"\n}").unwrap_err().to_string();
+        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\"\n}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("b.json:3: inner: missing field"), "{e}");
-        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\",").unwrap_err().to_string();
+        let e = parse_json::<Outer>(p, "{\n \"name\": \"x\",")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("b.json:2"), "{e}");
     }
 }

@@ -14,10 +14,10 @@
 #![deny(missing_docs)]
 
 pub mod backend;
-pub mod config;
-pub mod dynamic;
 pub mod benchmark;
 pub mod calculator;
+pub mod config;
+pub mod dynamic;
 pub mod energy;
 pub mod error;
 pub mod eval;
@@ -48,10 +48,10 @@ pub use scorer::Scorer;
 pub use suite::Suite;
 pub use trace::PowerTrace;
 
-/// Re-exported so plugins register with the same `inventory` the framework collects from.
-pub use inventory;
 /// Re-exported for plugins implementing the async traits.
 pub use async_trait::async_trait;
+/// Re-exported so plugins register with the same `inventory` the framework collects from.
+pub use inventory;
 
 /// The version of epi-bench, as written into results.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -38,10 +38,13 @@ pub fn ept_total(energy_j: f64, tokens_in: u64, tokens_out: u64) -> Result<f64, 
 /// IPJ = A / (mean energy per query, J).
 pub fn ipj(accuracy: f64, query_energies_j: &[f64]) -> Result<f64, Error> {
     check_accuracy_allow_zero(accuracy)?;
-    let mean = mean(query_energies_j)
-        .ok_or_else(|| Error::Invalid("IPJ needs at least one query with attributed energy".into()))?;
+    let mean = mean(query_energies_j).ok_or_else(|| {
+        Error::Invalid("IPJ needs at least one query with attributed energy".into())
+    })?;
     if mean <= 0.0 {
-        return Err(Error::Invalid(format!("IPJ: mean energy per query is {mean} J, expected > 0")));
+        return Err(Error::Invalid(format!(
+            "IPJ: mean energy per query is {mean} J, expected > 0"
+        )));
     }
     Ok(accuracy / mean)
 }
@@ -49,7 +52,9 @@ pub fn ipj(accuracy: f64, query_energies_j: &[f64]) -> Result<f64, Error> {
 /// A query's power: its attributed energy divided by its latency.
 pub fn query_watts(energy_j: f64, latency_s: f64) -> Result<f64, Error> {
     if latency_s <= 0.0 || !latency_s.is_finite() {
-        return Err(Error::Invalid(format!("query latency {latency_s} s, expected > 0")));
+        return Err(Error::Invalid(format!(
+            "query latency {latency_s} s, expected > 0"
+        )));
     }
     Ok(energy_j / latency_s)
 }
@@ -57,12 +62,17 @@ pub fn query_watts(energy_j: f64, latency_s: f64) -> Result<f64, Error> {
 /// IPW = A / (mean power per query, W), a query's power being [`query_watts`].
 pub fn ipw(accuracy: f64, queries: &[(f64, f64)]) -> Result<f64, Error> {
     check_accuracy_allow_zero(accuracy)?;
-    let watts: Vec<f64> =
-        queries.iter().map(|&(e, l)| query_watts(e, l)).collect::<Result<_, _>>()?;
-    let mean = mean(&watts)
-        .ok_or_else(|| Error::Invalid("IPW needs at least one query with attributed energy".into()))?;
+    let watts: Vec<f64> = queries
+        .iter()
+        .map(|&(e, l)| query_watts(e, l))
+        .collect::<Result<_, _>>()?;
+    let mean = mean(&watts).ok_or_else(|| {
+        Error::Invalid("IPW needs at least one query with attributed energy".into())
+    })?;
     if mean <= 0.0 {
-        return Err(Error::Invalid(format!("IPW: mean power per query is {mean} W, expected > 0")));
+        return Err(Error::Invalid(format!(
+            "IPW: mean power per query is {mean} W, expected > 0"
+        )));
     }
     Ok(accuracy / mean)
 }
@@ -102,26 +112,35 @@ pub fn composite_accuracy(
     let mut den = 0.0;
     for (key, &acc) in scores {
         if !(0.0..=1.0).contains(&acc) {
-            return Err(Error::Invalid(format!("score {key} = {acc}, expected a value in [0, 1]")));
+            return Err(Error::Invalid(format!(
+                "score {key} = {acc}, expected a value in [0, 1]"
+            )));
         }
         let suite = suite_of_benchmark_key(key);
         let w = match weights {
             None => 1.0,
-            Some(w) => *w.get(suite).or_else(|| w.get(key.as_str())).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "no weight for suite `{suite}` (weights given: {})",
-                    w.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })?,
+            Some(w) => *w
+                .get(suite)
+                .or_else(|| w.get(key.as_str()))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "no weight for suite `{suite}` (weights given: {})",
+                        w.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })?,
         };
         if !(w >= 0.0 && w.is_finite()) {
-            return Err(Error::Invalid(format!("weight for `{suite}` is {w}, expected ≥ 0")));
+            return Err(Error::Invalid(format!(
+                "weight for `{suite}` is {w}, expected ≥ 0"
+            )));
         }
         num += w * acc;
         den += w;
     }
     if den <= 0.0 {
-        return Err(Error::Invalid("the weights of the suites run sum to zero".into()));
+        return Err(Error::Invalid(
+            "the weights of the suites run sum to zero".into(),
+        ));
     }
     Ok(num / den)
 }
@@ -136,12 +155,15 @@ pub fn epi_interval(
 ) -> Result<(f64, f64), Error> {
     let jpt = joules_per_token(energy_j, tokens_out)?;
     let (a_lo, a_hi) = accuracy_ci;
-    if !(a_hi > 0.0) || !(a_lo > 0.0) {
+    if a_hi.is_nan() || a_lo.is_nan() || a_hi <= 0.0 || a_lo <= 0.0 {
         return Err(Error::Invalid(format!(
             "accuracy interval ({a_lo}, {a_hi}) reaches zero: EPI is unbounded"
         )));
     }
-    Ok((jpt * (1.0 - energy_rel) / a_hi, jpt * (1.0 + energy_rel) / a_lo))
+    Ok((
+        jpt * (1.0 - energy_rel) / a_hi,
+        jpt * (1.0 + energy_rel) / a_lo,
+    ))
 }
 
 /// 95 % percentile-bootstrap interval of the mean of `values` (`iterations` resamples, a fixed
@@ -208,7 +230,9 @@ fn check_accuracy_allow_zero(a: f64) -> Result<(), Error> {
     if (0.0..=1.0).contains(&a) {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("accuracy is {a}, expected a value in [0, 1]")))
+        Err(Error::Invalid(format!(
+            "accuracy is {a}, expected a value in [0, 1]"
+        )))
     }
 }
 
@@ -216,7 +240,9 @@ fn check_energy(e: f64) -> Result<(), Error> {
     if e.is_finite() && e >= 0.0 {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("energy is {e} J, expected a finite value ≥ 0")))
+        Err(Error::Invalid(format!(
+            "energy is {e} J, expected a finite value ≥ 0"
+        )))
     }
 }
 
@@ -282,14 +308,19 @@ mod tests {
     #[test]
     fn benchmark_key_suffix() {
         assert_eq!(suite_of_benchmark_key("mmlu_5shot"), "mmlu");
-        assert_eq!(suite_of_benchmark_key("arc_challenge_25shot"), "arc_challenge");
+        assert_eq!(
+            suite_of_benchmark_key("arc_challenge_25shot"),
+            "arc_challenge"
+        );
         assert_eq!(suite_of_benchmark_key("hellaswag"), "hellaswag");
         assert_eq!(suite_of_benchmark_key("foo_shot"), "foo_shot");
     }
 
     #[test]
     fn bootstrap_interval_brackets_the_mean_and_is_deterministic() {
-        let v: Vec<f64> = (0..200).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
+        let v: Vec<f64> = (0..200)
+            .map(|i| if i % 4 == 0 { 0.0 } else { 1.0 })
+            .collect();
         let a = bootstrap_mean_ci95(&v, 1000, 7).unwrap();
         let b = bootstrap_mean_ci95(&v, 1000, 7).unwrap();
         assert_eq!(a, b);

@@ -3,7 +3,8 @@
 
 use crate::error::Error;
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::StreamWriter;
@@ -105,7 +106,10 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-fn to_batch(schema: &SchemaRef, recs: &[QueryRecord]) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn to_batch(
+    schema: &SchemaRef,
+    recs: &[QueryRecord],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     macro_rules! strings {
         ($f:expr) => {{
             let mut b = StringBuilder::new();
@@ -195,12 +199,15 @@ impl RecordSink {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let jsonl_path = dir.join("records.jsonl");
         let arrow_path = dir.join("records.arrows");
-        let jsonl = BufWriter::new(File::create(&jsonl_path).map_err(|e| Error::io(&jsonl_path, e))?);
+        let jsonl =
+            BufWriter::new(File::create(&jsonl_path).map_err(|e| Error::io(&jsonl_path, e))?);
         let af = BufWriter::new(File::create(&arrow_path).map_err(|e| Error::io(&arrow_path, e))?);
         let schema = schema();
         let mut arrow = StreamWriter::try_new(af, &schema)
             .map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
-        arrow.flush().map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
+        arrow
+            .flush()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
         Ok(RecordSink {
             jsonl_path,
             arrow_path,
@@ -217,7 +224,9 @@ impl RecordSink {
     pub fn push(&mut self, rec: QueryRecord) -> Result<(), Error> {
         let line = serde_json::to_string(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
         writeln!(self.jsonl, "{line}").map_err(|e| Error::io(&self.jsonl_path, e))?;
-        self.jsonl.flush().map_err(|e| Error::io(&self.jsonl_path, e))?;
+        self.jsonl
+            .flush()
+            .map_err(|e| Error::io(&self.jsonl_path, e))?;
         self.pending.push(rec);
         self.written += 1;
         if self.pending.len() >= self.batch_size {
@@ -231,7 +240,9 @@ impl RecordSink {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let err = |e: arrow::error::ArrowError| Error::Invalid(format!("{}: {e}", self.arrow_path.display()));
+        let err = |e: arrow::error::ArrowError| {
+            Error::Invalid(format!("{}: {e}", self.arrow_path.display()))
+        };
         let batch = to_batch(&self.schema, &self.pending).map_err(err)?;
         self.arrow.write(&batch).map_err(err)?;
         self.arrow.flush().map_err(err)?;
@@ -248,7 +259,9 @@ impl RecordSink {
     pub fn finish(mut self) -> Result<(PathBuf, PathBuf), Error> {
         self.flush()?;
         let path = self.arrow_path.clone();
-        self.arrow.finish().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        self.arrow
+            .finish()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
         Ok((self.jsonl_path, self.arrow_path))
     }
 }
@@ -320,7 +333,12 @@ mod tests {
         // Interrupted here: two complete batches (4 rows) and five JSON lines are on disk.
         let batches = read_arrow_records(&dir.path().join("records.arrows")).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
-        assert_eq!(read_jsonl_records(&dir.path().join("records.jsonl")).unwrap().len(), 5);
+        assert_eq!(
+            read_jsonl_records(&dir.path().join("records.jsonl"))
+                .unwrap()
+                .len(),
+            5
+        );
         sink.finish().unwrap();
         let batches = read_arrow_records(&dir.path().join("records.arrows")).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);

@@ -49,8 +49,13 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// All kinds, in listing order.
-    pub const ALL: [PluginKind; 5] =
-        [PluginKind::Power, PluginKind::Backend, PluginKind::Suite, PluginKind::Scorer, PluginKind::Plot];
+    pub const ALL: [PluginKind; 5] = [
+        PluginKind::Power,
+        PluginKind::Backend,
+        PluginKind::Suite,
+        PluginKind::Scorer,
+        PluginKind::Plot,
+    ];
 
     /// The lower-case name (`power`, `backend`, `suite`, `scorer`, `plot`).
     pub fn as_str(self) -> &'static str {
@@ -115,7 +120,9 @@ pub struct PluginRegistration {
 
 inventory::collect!(PluginRegistration);
 
-type DynPowerFactory = Arc<dyn Fn(&PluginConfig) -> Result<Box<dyn PowerSource>, Error> + Send + Sync>;
+/// A power-source factory held by value (dynamic plugins).
+pub type DynPowerFactory =
+    Arc<dyn Fn(&PluginConfig) -> Result<Box<dyn PowerSource>, Error> + Send + Sync>;
 
 /// How a registry entry is built.
 #[derive(Clone)]
@@ -199,36 +206,51 @@ impl Registry {
 
     /// Adds an entry (used by the dynamic loader). A key already taken for that kind is refused.
     pub fn add(&mut self, entry: Entry) -> Result<(), Error> {
-        if self.entries.iter().any(|e| e.kind == entry.kind && e.key == entry.key) {
+        if self
+            .entries
+            .iter()
+            .any(|e| e.kind == entry.kind && e.key == entry.key)
+        {
             return Err(Error::Plugin {
                 plugin: entry.key.clone(),
-                message: format!("a {} plugin named `{}` is already registered", entry.kind, entry.key),
+                message: format!(
+                    "a {} plugin named `{}` is already registered",
+                    entry.kind, entry.key
+                ),
             });
         }
         self.entries.push(entry);
-        self.entries.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        self.entries
+            .sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
         Ok(())
     }
 
     /// Every entry, optionally of one kind, sorted by kind then key.
     pub fn list(&self, kind: Option<PluginKind>) -> Vec<&Entry> {
-        self.entries.iter().filter(|e| kind.is_none_or(|k| e.kind == k)).collect()
+        self.entries
+            .iter()
+            .filter(|e| kind.is_none_or(|k| e.kind == k))
+            .collect()
     }
 
     /// The keys of one kind.
     pub fn keys(&self, kind: PluginKind) -> Vec<String> {
-        self.list(Some(kind)).into_iter().map(|e| e.key.clone()).collect()
+        self.list(Some(kind))
+            .into_iter()
+            .map(|e| e.key.clone())
+            .collect()
     }
 
     /// Looks up an entry.
     pub fn get(&self, kind: PluginKind, key: &str) -> Result<&Entry, Error> {
-        self.entries.iter().find(|e| e.kind == kind && e.key == key).ok_or_else(|| {
-            Error::UnknownPlugin {
+        self.entries
+            .iter()
+            .find(|e| e.kind == kind && e.key == key)
+            .ok_or_else(|| Error::UnknownPlugin {
                 kind: kind.to_string(),
                 key: key.to_string(),
                 known: self.keys(kind).join(", "),
-            }
-        })
+            })
     }
 
     /// Builds the power source `key` with `config`.
@@ -241,7 +263,11 @@ impl Registry {
     }
 
     /// Builds the backend `key` with `config`.
-    pub fn backend(&self, key: &str, config: &PluginConfig) -> Result<Box<dyn InferenceBackend>, Error> {
+    pub fn backend(
+        &self,
+        key: &str,
+        config: &PluginConfig,
+    ) -> Result<Box<dyn InferenceBackend>, Error> {
         match &self.get(PluginKind::Backend, key)?.factory {
             EntryFactory::Builtin(Factory::Backend(f)) => f(config),
             _ => unreachable!("backend entries hold backend factories"),
@@ -277,7 +303,11 @@ impl Registry {
 /// Config structs should use `#[serde(deny_unknown_fields)]` so a misspelt key is an error.
 /// `null` is treated as an empty table.
 pub fn parse_config<T: DeserializeOwned>(plugin: &str, config: &PluginConfig) -> Result<T, Error> {
-    let value = if config.is_null() { serde_json::Value::Object(Default::default()) } else { config.clone() };
+    let value = if config.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        config.clone()
+    };
     serde_json::from_value(value).map_err(|e| Error::Plugin {
         plugin: plugin.to_string(),
         message: format!("configuration: {e}"),

@@ -311,16 +311,28 @@ impl CommunityRow {
 pub fn write_community_csv(path: &Path, rows: &[CommunityRow]) -> Result<(), Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
-        w.serialize(r).map_err(|e| Error::Invalid(format!("community CSV: {e}")))?;
+        w.serialize(r)
+            .map_err(|e| Error::Invalid(format!("community CSV: {e}")))?;
     }
     if rows.is_empty() {
         w.write_record([
-            "model", "quantization", "surgery", "hardware", "instrument", "epi", "joules_per_token",
-            "accuracy", "total_joules", "total_tokens", "contributor",
+            "model",
+            "quantization",
+            "surgery",
+            "hardware",
+            "instrument",
+            "epi",
+            "joules_per_token",
+            "accuracy",
+            "total_joules",
+            "total_tokens",
+            "contributor",
         ])
         .map_err(|e| Error::Invalid(format!("community CSV: {e}")))?;
     }
-    let bytes = w.into_inner().map_err(|e| Error::Invalid(format!("community CSV: {e}")))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::Invalid(format!("community CSV: {e}")))?;
     jsonio::write_atomic(path, &bytes)
 }
 
@@ -334,7 +346,8 @@ mod tests {
         let mut r: EpiResult = serde_json::from_str(text).unwrap();
         r.surgery = "experts_dropped=8, quant=q4".into();
         assert_eq!(r.surgery_param("experts_dropped"), Some(8.0));
-        r.surgery_params.insert("experts_dropped".into(), serde_json::json!(16));
+        r.surgery_params
+            .insert("experts_dropped".into(), serde_json::json!(16));
         assert_eq!(r.surgery_param("experts_dropped"), Some(16.0));
         assert_eq!(r.surgery_param("heads"), None);
     }

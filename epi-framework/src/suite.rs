@@ -28,7 +28,10 @@ pub struct SuiteItem {
 impl SuiteItem {
     /// The continuations lm-eval scores: `target_delimiter + choice`.
     pub fn continuations(&self) -> Vec<String> {
-        self.choices.iter().map(|c| format!("{}{}", self.target_delimiter, c)).collect()
+        self.choices
+            .iter()
+            .map(|c| format!("{}{}", self.target_delimiter, c))
+            .collect()
     }
 
     /// lm-eval's predictions from the summed log-likelihood of each continuation, given in the

@@ -8,7 +8,10 @@ use std::process::Command;
 
 /// The example plugin built by `cargo test --workspace` beside the `epi` binary.
 fn example_plugin() -> Option<PathBuf> {
-    let p = epi_bin().parent().unwrap().join("libepi_example_dynamic_plugin.so");
+    let p = epi_bin()
+        .parent()
+        .unwrap()
+        .join("libepi_example_dynamic_plugin.so");
     if p.is_file() {
         return Some(p);
     }
@@ -26,7 +29,12 @@ fn cc_shared(dir: &Path, name: &str, src: &str) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     std::fs::write(&c, src).unwrap();
     let so = dir.join(format!("lib{name}.so"));
-    let st = Command::new("cc").args(["-shared", "-fPIC", "-O1", "-o"]).arg(&so).arg(&c).status().unwrap();
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&c)
+        .status()
+        .unwrap();
     assert!(st.success(), "cc failed");
     so
 }
@@ -60,10 +68,26 @@ const EpiPluginV1 epi_plugin_v1 = {{ {version}, 1, "c-meter", "a C plugin", crea
 fn the_example_plugin_is_listed_with_its_abi() {
     let Some(so) = example_plugin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let o = epi(dir.path(), &["--plugin", so.to_str().unwrap(), "list", "plugins", "--kind", "power", "--json"]);
+    let o = epi(
+        dir.path(),
+        &[
+            "--plugin",
+            so.to_str().unwrap(),
+            "list",
+            "plugins",
+            "--kind",
+            "power",
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let hw = v.as_array().unwrap().iter().find(|e| e["key"] == "hwmon").expect("hwmon listed");
+    let hw = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == "hwmon")
+        .expect("hwmon listed");
     assert_eq!(hw["origin"]["type"], "dynamic");
     assert_eq!(hw["origin"]["abi_version"], 1);
 }
@@ -77,11 +101,24 @@ fn the_example_plugin_measures_through_monitor() {
     std::fs::write(&sensor, "4200000\n").unwrap();
     std::fs::write(
         dir.path().join("epi-bench.toml"),
-        format!("plugins = [\"{}\"]\n\n[power.hwmon]\npath = \"{}\"\ninterval_ms = 50\n", so.display(), sensor.display()),
+        format!(
+            "plugins = [\"{}\"]\n\n[power.hwmon]\npath = \"{}\"\ninterval_ms = 50\n",
+            so.display(),
+            sensor.display()
+        ),
     )
     .unwrap();
     let child = Command::new(epi_bin())
-        .args(["monitor", "--power", "hwmon", "--duration", "1.5", "--record", "hw.csv", "--json"])
+        .args([
+            "monitor",
+            "--power",
+            "hwmon",
+            "--duration",
+            "1.5",
+            "--record",
+            "hw.csv",
+            "--json",
+        ])
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
         .env("XDG_CONFIG_HOME", dir.path().join(".cfg"))
@@ -94,12 +131,19 @@ fn the_example_plugin_measures_through_monitor() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let text = std::fs::read_to_string(dir.path().join("hw.csv")).unwrap();
-    let watts: Vec<f64> = text.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
+    let watts: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
     assert!(watts.len() >= 10, "{text}");
     assert!(watts.iter().all(|&w| w == 4.2 || w == 6.3), "{watts:?}");
     assert_eq!(watts[0], 4.2);
     assert_eq!(*watts.last().unwrap(), 6.3);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("hw.csv.meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("hw.csv.meta.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(meta["source"]["source"], "hwmon");
     assert_eq!(meta["source"]["method"], "integrated");
 }
@@ -112,17 +156,40 @@ fn a_wrong_abi_version_is_refused_and_never_called() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("called");
     let so = cc_shared(dir.path(), "wrongabi", &c_plugin(999, &marker));
-    let o = epi(dir.path(), &["--plugin", so.to_str().unwrap(), "list", "plugins"]);
+    let o = epi(
+        dir.path(),
+        &["--plugin", so.to_str().unwrap(), "list", "plugins"],
+    );
     assert_eq!(o.status.code(), Some(4), "{}", stdout(&o));
     let e = stderr(&o);
-    assert!(e.contains("plugin ABI version 999") && e.contains("refused, not called"), "{e}");
-    assert!(!marker.exists(), "a function of the refused plugin was called");
+    assert!(
+        e.contains("plugin ABI version 999") && e.contains("refused, not called"),
+        "{e}"
+    );
+    assert!(
+        !marker.exists(),
+        "a function of the refused plugin was called"
+    );
 
     // The same plugin with the right version loads (and is listed, still without being called).
     let so = cc_shared(dir.path(), "rightabi", &c_plugin(1, &marker));
-    let o = epi(dir.path(), &["--plugin", so.to_str().unwrap(), "list", "plugins", "--kind", "power"]);
+    let o = epi(
+        dir.path(),
+        &[
+            "--plugin",
+            so.to_str().unwrap(),
+            "list",
+            "plugins",
+            "--kind",
+            "power",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("c-meter") && stdout(&o).contains("dynamic, ABI v1"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("c-meter") && stdout(&o).contains("dynamic, ABI v1"),
+        "{}",
+        stdout(&o)
+    );
     assert!(!marker.exists());
 }
 
@@ -133,10 +200,20 @@ fn a_library_that_is_not_a_plugin_is_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let so = cc_shared(dir.path(), "plain", "int answer(void) { return 42; }\n");
-    let o = epi(dir.path(), &["--plugin", so.to_str().unwrap(), "list", "plugins"]);
+    let o = epi(
+        dir.path(),
+        &["--plugin", so.to_str().unwrap(), "list", "plugins"],
+    );
     assert_eq!(o.status.code(), Some(4));
-    assert!(stderr(&o).contains("not an epi-bench plugin: no `epi_plugin_abi_version` symbol"), "{}", stderr(&o));
-    let o = epi(dir.path(), &["--plugin", "/nonexistent/libx.so", "list", "plugins"]);
+    assert!(
+        stderr(&o).contains("not an epi-bench plugin: no `epi_plugin_abi_version` symbol"),
+        "{}",
+        stderr(&o)
+    );
+    let o = epi(
+        dir.path(),
+        &["--plugin", "/nonexistent/libx.so", "list", "plugins"],
+    );
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("cannot load library"), "{}", stderr(&o));
 }

@@ -15,8 +15,14 @@ fn load(p: &Path) -> serde_json::Value {
 }
 
 fn assert_valid(v: &jsonschema::Validator, doc: &serde_json::Value, what: &str) {
-    let errors: Vec<String> = v.iter_errors(doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "{what} does not match its schema: {errors:#?}");
+    let errors: Vec<String> = v
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match its schema: {errors:#?}"
+    );
 }
 
 fn json_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -52,7 +58,10 @@ fn bundled_examples_match_the_schemas() {
         }
         checked += 1;
     }
-    assert!(checked >= 2, "expected the bundled submission's benchmark and EPI JSON at least");
+    assert!(
+        checked >= 2,
+        "expected the bundled submission's benchmark and EPI JSON at least"
+    );
 }
 
 #[test]
@@ -77,7 +86,11 @@ fn calculate_output_matches_the_schema() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_valid(&schema("epi-result.schema.json"), &load(&out), "epi calculate output");
+    assert_valid(
+        &schema("epi-result.schema.json"),
+        &load(&out),
+        "epi calculate output",
+    );
 }
 
 #[test]

@@ -22,7 +22,10 @@ pub fn epi(cwd: &Path, args: &[&str]) -> Output {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// `../shared` beside the repository, when present (local development only; CI tests must not
@@ -40,7 +43,9 @@ pub fn have_tool(name: &str) -> bool {
         .unwrap_or(false)
         || Path::new("/usr/sbin").join(name).is_file();
     if !found && std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_some() {
-        panic!("{name} is required (EPI_REQUIRE_SYSTEM_TOOLS is set) but not installed: run .ci/setup");
+        panic!(
+            "{name} is required (EPI_REQUIRE_SYSTEM_TOOLS is set) but not installed: run .ci/setup"
+        );
     }
     if !found {
         eprintln!("skipping: {name} not installed (run .ci/setup)");

@@ -23,11 +23,14 @@ fn validate(cwd: &Path, sub: &Path) -> (Option<i32>, String) {
 }
 
 fn line<'a>(out: &'a str, check: &str) -> &'a str {
-    out.lines().find(|l| l.contains(&format!(" {check}:"))).unwrap_or_else(|| panic!("no {check} line in:\n{out}"))
+    out.lines()
+        .find(|l| l.contains(&format!(" {check}:")))
+        .unwrap_or_else(|| panic!("no {check} line in:\n{out}"))
 }
 
 fn edit_json(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
@@ -37,7 +40,11 @@ fn the_bundled_example_validates() {
     let (dir, sub) = copy_submission();
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(0), "{out}");
-    assert!(line(&out, "Power trace CSV").starts_with("✓") && out.contains("14,400 samples, 4 channels"), "{out}");
+    assert!(
+        line(&out, "Power trace CSV").starts_with("✓")
+            && out.contains("14,400 samples, 4 channels"),
+        "{out}"
+    );
     for c in ["Structure", "Benchmark JSON", "EPI JSON", "Metadata"] {
         assert!(line(&out, c).starts_with("✓"), "{out}");
     }
@@ -54,7 +61,12 @@ fn a_tampered_epi_value_fails_the_epi_check() {
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     let l = line(&out, "EPI JSON");
-    assert!(l.starts_with("✗") && l.contains("epi") && l.contains("joules_per_token / accuracy_composite"), "{out}");
+    assert!(
+        l.starts_with("✗")
+            && l.contains("epi")
+            && l.contains("joules_per_token / accuracy_composite"),
+        "{out}"
+    );
     assert!(out.contains("✗ Not ready"), "{out}");
 
     // Consistent but wrong: every number scaled, so only recomputation catches it.
@@ -70,7 +82,10 @@ fn a_tampered_epi_value_fails_the_epi_check() {
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     let l = line(&out, "EPI JSON");
-    assert!(l.contains("energy.total_joules") && l.contains("the trace and benchmark give"), "{out}");
+    assert!(
+        l.contains("energy.total_joules") && l.contains("the trace and benchmark give"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -80,7 +95,10 @@ fn a_missing_file_fails_the_structure_check() {
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     let l = line(&out, "Structure");
-    assert!(l.starts_with("✗") && l.contains("missing benchmark JSON"), "{out}");
+    assert!(
+        l.starts_with("✗") && l.contains("missing benchmark JSON"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -95,30 +113,45 @@ fn a_truncated_trace_fails() {
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     let l = line(&out, "Power trace CSV");
-    assert!(l.starts_with("✗") && l.contains("power_trace_001.csv:") && l.contains("truncated"), "{out}");
+    assert!(
+        l.starts_with("✗") && l.contains("power_trace_001.csv:") && l.contains("truncated"),
+        "{out}"
+    );
     assert!(line(&out, "EPI JSON").starts_with("✗"), "{out}");
 
     // Cut at a line boundary: the trace parses, but its energy no longer matches the EPI JSON.
     let (dir, sub) = copy_submission();
     let p = sub.join("power_trace_001.csv");
     let text = std::fs::read_to_string(&p).unwrap();
-    let keep: String = text.lines().take(10_001).map(|l| format!("{l}\n")).collect();
+    let keep: String = text
+        .lines()
+        .take(10_001)
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&p, keep).unwrap();
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     assert!(line(&out, "Power trace CSV").starts_with("✓"), "{out}");
     let l = line(&out, "EPI JSON");
-    assert!(l.starts_with("✗") && l.contains("energy.total_joules"), "{out}");
+    assert!(
+        l.starts_with("✗") && l.contains("energy.total_joules"),
+        "{out}"
+    );
 }
 
 #[test]
 fn a_score_above_one_fails_the_benchmark_check() {
     let (dir, sub) = copy_submission();
-    edit_json(&sub.join("benchmark_001.json"), |v| v["benchmarks"]["mmlu_5shot"] = serde_json::json!(1.2));
+    edit_json(&sub.join("benchmark_001.json"), |v| {
+        v["benchmarks"]["mmlu_5shot"] = serde_json::json!(1.2)
+    });
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     let l = line(&out, "Benchmark JSON");
-    assert!(l.starts_with("✗") && l.contains("benchmarks.mmlu_5shot") && l.contains("outside [0, 1]"), "{out}");
+    assert!(
+        l.starts_with("✗") && l.contains("benchmarks.mmlu_5shot") && l.contains("outside [0, 1]"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -131,14 +164,20 @@ fn a_missing_metadata_field_fails_the_metadata_check() {
     let (code, out) = validate(dir.path(), &sub);
     assert_eq!(code, Some(1), "{out}");
     let l = line(&out, "Metadata");
-    assert!(l.starts_with("✗") && l.contains("hardware") && l.contains("run_metadata.run_id"), "{out}");
+    assert!(
+        l.starts_with("✗") && l.contains("hardware") && l.contains("run_metadata.run_id"),
+        "{out}"
+    );
     assert!(line(&out, "EPI JSON").starts_with("✓"), "{out}");
 }
 
 #[test]
 fn validate_json_output() {
     let (dir, sub) = copy_submission();
-    let o = epi(dir.path(), &["validate", "--submission", sub.to_str().unwrap(), "--json"]);
+    let o = epi(
+        dir.path(),
+        &["validate", "--submission", sub.to_str().unwrap(), "--json"],
+    );
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ready"], true);
@@ -150,7 +189,15 @@ fn export_writes_the_community_csv() {
     let (dir, sub) = copy_submission();
     let o = epi(
         dir.path(),
-        &["export", "--results-dir", sub.to_str().unwrap(), "--output", "community.csv", "--contributor", "Franzabner"],
+        &[
+            "export",
+            "--results-dir",
+            sub.to_str().unwrap(),
+            "--output",
+            "community.csv",
+            "--contributor",
+            "Franzabner",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(dir.path().join("community.csv")).unwrap();
@@ -160,10 +207,16 @@ fn export_writes_the_community_csv() {
         "model,quantization,surgery,hardware,instrument,epi,joules_per_token,accuracy,total_joules,total_tokens,contributor"
     );
     let row = lines.next().unwrap();
-    assert!(row.starts_with("qwen3-30b-a3b,Q4_K_M,none (baseline),4x Pi 5 16GB (distributed-llama),epi-meter v1.0,"), "{row}");
+    assert!(
+        row.starts_with(
+            "qwen3-30b-a3b,Q4_K_M,none (baseline),4x Pi 5 16GB (distributed-llama),epi-meter v1.0,"
+        ),
+        "{row}"
+    );
     assert!(row.ends_with(",24576,Franzabner"), "{row}");
     let epi: f64 = row.split(',').nth(5).unwrap().parse().unwrap();
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sub.join("epi_001.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sub.join("epi_001.json")).unwrap()).unwrap();
     assert_eq!(epi, r["epi"].as_f64().unwrap());
     assert!(lines.next().is_none());
 }

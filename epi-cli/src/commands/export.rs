@@ -26,9 +26,15 @@ pub fn run(_ctx: &Context, a: &ExportArgs) -> Result<ExitCode> {
     let results = load_results_dir(&a.results_dir)
         .with_context(|| format!("reading results from {}", a.results_dir.display()))?;
     if results.is_empty() {
-        bail!("{}: no EPI result JSON files found", a.results_dir.display());
+        bail!(
+            "{}: no EPI result JSON files found",
+            a.results_dir.display()
+        );
     }
-    let rows: Vec<CommunityRow> = results.iter().map(|(_, r)| CommunityRow::from_result(r, &a.contributor)).collect();
+    let rows: Vec<CommunityRow> = results
+        .iter()
+        .map(|(_, r)| CommunityRow::from_result(r, &a.contributor))
+        .collect();
     write_community_csv(&a.output, &rows)?;
     println!("{} row(s) written to {}", rows.len(), a.output.display());
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,9 @@ mod reader;
 mod summarize;
 mod writer;
 
-pub use parse::{parse_canonical_at, parse_f64, Column, Header, Row, OPTIONAL_COLUMNS, REQUIRED_COLUMNS};
+pub use parse::{
+    parse_canonical_at, parse_f64, Column, Header, Row, OPTIONAL_COLUMNS, REQUIRED_COLUMNS,
+};
 pub use reader::TraceReader;
 pub use summarize::{summarize, ChannelSummary, TraceOptions, TraceSummary};
 pub use writer::TraceWriter;
@@ -112,7 +114,11 @@ impl PowerTrace {
     }
     /// Energy per node, J.
     pub fn per_node_joules(&self) -> BTreeMap<u32, f64> {
-        self.summary.channels.iter().map(|(k, c)| (*k, c.joules)).collect()
+        self.summary
+            .channels
+            .iter()
+            .map(|(k, c)| (*k, c.joules))
+            .collect()
     }
 }
 

@@ -22,12 +22,20 @@ impl TraceReader {
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut reader = BufReader::with_capacity(256 * 1024, file);
         let mut buf = Vec::new();
-        reader.read_until(b'\n', &mut buf).map_err(|e| Error::io(&path, e))?;
+        reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(&path, e))?;
         if buf.last() == Some(&b'\n') {
             buf.pop();
         }
         let header = Header::parse(&path, &buf)?;
-        Ok(TraceReader { path, reader, header, line_no: 1, buf })
+        Ok(TraceReader {
+            path,
+            reader,
+            header,
+            line_no: 1,
+            buf,
+        })
     }
 
     /// The file's columns.
@@ -39,7 +47,10 @@ impl TraceReader {
     pub fn next_row(&mut self) -> Result<Option<(u64, Row)>, Error> {
         loop {
             self.buf.clear();
-            let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| Error::io(&self.path, e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| Error::io(&self.path, e))?;
             if n == 0 {
                 return Ok(None);
             }
@@ -55,12 +66,15 @@ impl TraceReader {
             let parsed = if terminated {
                 parse_row(&self.header, line)
             } else {
-                super::parse::check_unterminated_last_line(&self.header, line).and_then(|_| parse_row(&self.header, line))
+                super::parse::check_unterminated_last_line(&self.header, line)
+                    .and_then(|_| parse_row(&self.header, line))
             };
             return match parsed {
                 Ok(row) => Ok(Some((self.line_no, row))),
                 Err(e) => Err(Error::Input(InputError::new(
-                    Location::file(&self.path).at_line(self.line_no).field(e.field),
+                    Location::file(&self.path)
+                        .at_line(self.line_no)
+                        .field(e.field),
                     e.message,
                 ))),
             };

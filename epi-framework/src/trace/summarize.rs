@@ -34,7 +34,13 @@ pub struct TraceOptions {
 
 impl Default for TraceOptions {
     fn default() -> Self {
-        TraceOptions { gap_limit_ms: 1000.0, threads: 0, block_bytes: 1 << 20, max_gaps_listed: 100, mmap: true }
+        TraceOptions {
+            gap_limit_ms: 1000.0,
+            threads: 0,
+            block_bytes: 1 << 20,
+            max_gaps_listed: 100,
+            mmap: true,
+        }
     }
 }
 
@@ -124,7 +130,11 @@ impl TraceSummary {
         if window <= 0.0 {
             return 0.0;
         }
-        self.channels.values().map(|c| c.covered_ms / window).fold(f64::INFINITY, f64::min).min(1.0)
+        self.channels
+            .values()
+            .map(|c| c.covered_ms / window)
+            .fold(f64::INFINITY, f64::min)
+            .min(1.0)
     }
     /// Counter energy summed over channels, when every channel has a counter.
     pub fn counter_joules(&self) -> Option<f64> {
@@ -258,7 +268,8 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut head = vec![0u8; 4096.min(len as usize)];
-    file.read_exact_at(&mut head, 0).map_err(|e| Error::io(path, e))?;
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| Error::io(path, e))?;
     let header_end = match memchr::memchr(b'\n', &head) {
         Some(p) => p,
         None if (len as usize) <= head.len() => head.len(),
@@ -274,7 +285,9 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     let data_start = (header_end as u64 + 1).min(len);
 
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         opts.threads
     }
@@ -283,7 +296,11 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     let n_blocks = (len - data_start).div_ceil(block) as usize;
     let gap_limit = opts.gap_limit_ms;
 
-    let mapping = if opts.mmap { Mapping::new(&file, len) } else { None };
+    let mapping = if opts.mmap {
+        Mapping::new(&file, len)
+    } else {
+        None
+    };
     let mut merger = Merger::new(path, opts);
     let in_flight_limit = threads * 2 + 1;
     let gate = (Mutex::new((0usize, 0usize)), Condvar::new()); // (next to hand out, consumed)
@@ -297,27 +314,41 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
             let mapping = mapping.as_ref();
             let max_gaps = opts.max_gaps_listed;
             s.spawn(move || {
-              let mut scratch = Scratch::default();
-              loop {
-                let index = {
-                    let (lock, cv) = gate;
-                    let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
-                    while g.0 < n_blocks && g.0 >= g.1 + in_flight_limit && !stop.load(Ordering::Relaxed) {
-                        g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-                    }
-                    if g.0 >= n_blocks || stop.load(Ordering::Relaxed) {
+                let mut scratch = Scratch::default();
+                loop {
+                    let index = {
+                        let (lock, cv) = gate;
+                        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+                        while g.0 < n_blocks
+                            && g.0 >= g.1 + in_flight_limit
+                            && !stop.load(Ordering::Relaxed)
+                        {
+                            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                        }
+                        if g.0 >= n_blocks || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        g.0 += 1;
+                        g.0 - 1
+                    };
+                    let start = data_start + index as u64 * block;
+                    let end = (start + block).min(len);
+                    let b = process_block(
+                        file,
+                        mapping,
+                        header,
+                        &mut scratch,
+                        index,
+                        start,
+                        end,
+                        len,
+                        gap_limit,
+                        max_gaps,
+                    );
+                    if tx.send(b).is_err() {
                         return;
                     }
-                    g.0 += 1;
-                    g.0 - 1
-                };
-                let start = data_start + index as u64 * block;
-                let end = (start + block).min(len);
-                let b = process_block(file, mapping, header, &mut scratch, index, start, end, len, gap_limit, max_gaps);
-                if tx.send(b).is_err() {
-                    return;
                 }
-              }
             });
         }
         drop(tx);
@@ -514,13 +545,20 @@ fn parse_lines_generic(
     while pos < owned_end {
         if canonical {
             if let Some((t, node, w, n)) = super::parse::parse_canonical_at(padded, pos) {
-                recs.push(Rec { t, w, e: f64::NAN, node });
+                recs.push(Rec {
+                    t,
+                    w,
+                    e: f64::NAN,
+                    node,
+                });
                 b.lines += 1;
                 pos += n + 1;
                 continue;
             }
         }
-        let nl = memchr::memchr(b'\n', &data[pos..]).map(|p| pos + p).unwrap_or(data.len());
+        let nl = memchr::memchr(b'\n', &data[pos..])
+            .map(|p| pos + p)
+            .unwrap_or(data.len());
         let line = &data[pos..nl];
         let line_idx = b.lines;
         b.lines += 1;
@@ -530,12 +568,18 @@ fn parse_lines_generic(
             continue;
         }
         let parsed = if nl == data.len() && data.last() != Some(&b'\n') {
-            super::parse::check_unterminated_last_line(header, line).and_then(|_| parse_row(header, line))
+            super::parse::check_unterminated_last_line(header, line)
+                .and_then(|_| parse_row(header, line))
         } else {
             parse_row(header, line)
         };
         match parsed {
-            Ok(r) => recs.push(Rec { t: r.t_ms, w: r.watts, e: r.energy_j.unwrap_or(f64::NAN), node: r.node }),
+            Ok(r) => recs.push(Rec {
+                t: r.t_ms,
+                w: r.watts,
+                e: r.energy_j.unwrap_or(f64::NAN),
+                node: r.node,
+            }),
             Err(e) => {
                 b.set_error(line_idx, e.field, e.message);
                 break;
@@ -545,7 +589,14 @@ fn parse_lines_generic(
 }
 
 /// The lines starting in `[start, end)` of a memory-mapped file.
-fn parse_mapped(data: &[u8], header: &Header, b: &mut Block, recs: &mut Vec<Rec>, start: usize, end: usize) {
+fn parse_mapped(
+    data: &[u8],
+    header: &Header,
+    b: &mut Block,
+    recs: &mut Vec<Rec>,
+    start: usize,
+    end: usize,
+) {
     let pos = if start == 0 || data[start - 1] == b'\n' {
         start
     } else {
@@ -574,7 +625,14 @@ impl Mapping {
         let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
         // SAFETY: a fresh private read-only mapping of an open file; checked for failure.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return None;
@@ -617,7 +675,10 @@ struct NodeIndex {
 
 impl NodeIndex {
     fn new() -> Self {
-        NodeIndex { small: Vec::new(), big: BTreeMap::new() }
+        NodeIndex {
+            small: Vec::new(),
+            big: BTreeMap::new(),
+        }
     }
     #[inline]
     fn get_or_insert(&mut self, node: u32, next: usize) -> (usize, bool) {
@@ -651,9 +712,16 @@ fn integrate_block(b: &mut Block, recs: &[Rec], gap_limit: f64, max_gaps: usize)
     b.last_t = last_t;
     b.rows = recs.len() as u64;
     let span = last_t - first.t;
-    let short = !(span > 5.0 * gap_limit) || !gap_limit.is_finite();
+    let short = span.is_nan() || span <= 5.0 * gap_limit || !gap_limit.is_finite();
     let (inner_lo, inner_hi) = (first.t + gap_limit, last_t - gap_limit);
-    let mut sweep = PeakSweep::new(gap_limit, if short { None } else { Some((inner_lo, inner_hi)) });
+    let mut sweep = PeakSweep::new(
+        gap_limit,
+        if short {
+            None
+        } else {
+            Some((inner_lo, inner_hi))
+        },
+    );
     let mut idx = NodeIndex::new();
     let mut parts: Vec<NodePart> = Vec::new();
     let mut prev_t = f64::NEG_INFINITY;
@@ -700,7 +768,11 @@ fn integrate_block(b: &mut Block, recs: &[Rec], gap_limit: f64, max_gaps: usize)
             if dt > gap_limit {
                 p.gaps += 1;
                 if p.gap_list.len() < max_gaps {
-                    p.gap_list.push(Gap { node_id: r.node, start_ms: p.last.t, end_ms: r.t });
+                    p.gap_list.push(Gap {
+                        node_id: r.node,
+                        start_ms: p.last.t,
+                        end_ms: r.t,
+                    });
                 }
             } else {
                 p.covered += dt;
@@ -778,7 +850,10 @@ impl<'a> Merger<'a> {
 
     fn merge(&mut self, b: &Block, first_line: u64) -> Result<(), Error> {
         if let Some(e) = &b.io_error {
-            return Err(Error::io(self.path, std::io::Error::new(e.kind(), e.to_string())));
+            return Err(Error::io(
+                self.path,
+                std::io::Error::new(e.kind(), e.to_string()),
+            ));
         }
         // The earliest error among the block's own and the joins with earlier blocks.
         let mut err: Option<(u64, String, String)> = b.error.clone();
@@ -829,7 +904,11 @@ impl<'a> Merger<'a> {
                         acc.gaps += 1;
                         self.gap_count += 1;
                         if self.gaps.len() < self.max_gaps {
-                            self.gaps.push(Gap { node_id: part.node, start_ms: acc.last.t, end_ms: part.first.t });
+                            self.gaps.push(Gap {
+                                node_id: part.node,
+                                start_ms: acc.last.t,
+                                end_ms: part.first.t,
+                            });
                         }
                     } else {
                         acc.covered += dt;
@@ -851,7 +930,13 @@ impl<'a> Merger<'a> {
             }
         }
         if let Some((idx, field, msg)) = err {
-            return Err(InputError::new(Location::file(self.path).at_line(first_line + idx).field(field), msg).into());
+            return Err(InputError::new(
+                Location::file(self.path)
+                    .at_line(first_line + idx)
+                    .field(field),
+                msg,
+            )
+            .into());
         }
         self.samples += b.rows;
         if b.rows > 0 {
@@ -887,7 +972,11 @@ impl<'a> Merger<'a> {
                     gaps: p.gaps,
                     max_interval_ms: p.max_dt,
                     peak_watts: p.peak_w,
-                    counter_joules: if p.counter_all { Some(p.last.e - p.first.e) } else { None },
+                    counter_joules: if p.counter_all {
+                        Some(p.last.e - p.first.e)
+                    } else {
+                        None
+                    },
                 },
             );
         }
@@ -931,7 +1020,11 @@ fn better(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> Option<(f64, f64)> {
 
 /// Second pass for files whose rows are not in global time order (e.g. one block per node):
 /// one sequential reader per channel, merged by time. Constant memory, one parse per channel.
-fn peak_by_merge(path: &Path, channels: &BTreeMap<u32, ChannelSummary>, gap_limit: f64) -> Result<(f64, f64), Error> {
+fn peak_by_merge(
+    path: &Path,
+    channels: &BTreeMap<u32, ChannelSummary>,
+    gap_limit: f64,
+) -> Result<(f64, f64), Error> {
     struct Head {
         t: f64,
         node: u32,
@@ -970,14 +1063,24 @@ fn peak_by_merge(path: &Path, channels: &BTreeMap<u32, ChannelSummary>, gap_limi
     let mut heap = BinaryHeap::new();
     for (i, r) in readers.iter_mut().enumerate() {
         if let Some((t, w)) = next_of(r)? {
-            heap.push(Head { t, node: r.0, w, reader: i });
+            heap.push(Head {
+                t,
+                node: r.0,
+                w,
+                reader: i,
+            });
         }
     }
     let mut sweep = PeakSweep::new(gap_limit, None);
     while let Some(h) = heap.pop() {
         sweep.push(h.node, h.t, h.w);
         if let Some((t, w)) = next_of(&mut readers[h.reader])? {
-            heap.push(Head { t, node: h.node, w, reader: h.reader });
+            heap.push(Head {
+                t,
+                node: h.node,
+                w,
+                reader: h.reader,
+            });
         }
     }
     Ok(sweep.finish_opt().unwrap_or((0.0, 0.0)))
@@ -1117,7 +1220,8 @@ impl PeakSweep {
         let prev = &self.prev;
         let gap = self.gap_limit;
         for p in self.pending.iter_mut() {
-            p.need.retain(|&c| prev[c].is_some_and(|(pt, _)| t - pt <= gap));
+            p.need
+                .retain(|&c| prev[c].is_some_and(|(pt, _)| t - pt <= gap));
         }
         while self.pending.front().is_some_and(|p| p.need.is_empty()) {
             let p = self.pending.pop_front().expect("front exists");

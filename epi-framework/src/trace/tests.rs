@@ -29,13 +29,21 @@ fn piecewise_linear_synchronous_is_exact() {
     let mut s = String::from(HEADER);
     for i in 0..=40 {
         let t = i as f64 * 500.0;
-        let w0 = if t <= 10_000.0 { 10.0 + t / 1000.0 } else { 20.0 };
+        let w0 = if t <= 10_000.0 {
+            10.0 + t / 1000.0
+        } else {
+            20.0
+        };
         s += &row(t, 0, w0);
         s += &row(t, 1, 5.0);
     }
     let p = write(&dir, "t.csv", &s);
     let sum = summarize(&p, &TraceOptions::default()).unwrap();
-    assert!(rel(sum.channels[&0].joules, 350.0) < 1e-12, "{}", sum.channels[&0].joules);
+    assert!(
+        rel(sum.channels[&0].joules, 350.0) < 1e-12,
+        "{}",
+        sum.channels[&0].joules
+    );
     assert!(rel(sum.channels[&1].joules, 100.0) < 1e-12);
     assert!(rel(sum.total_joules(), 450.0) < 1e-12);
     assert_eq!(sum.duration_seconds(), 20.0);
@@ -53,14 +61,27 @@ fn irregular_sampling_is_exact_on_a_linear_signal() {
     // w(t) = 3 + 0.002 t (t in ms), sampled at irregular instants over 0..7000 ms:
     // ∫ = 3·7 + 0.002·7000²/2/1000 = 21 + 49 = 70 J.
     let dir = tempfile::tempdir().unwrap();
-    let ts = [0.0, 13.0, 250.0, 251.0, 999.5, 2000.0, 2003.25, 4500.0, 6999.0, 7000.0];
+    let ts = [
+        0.0, 13.0, 250.0, 251.0, 999.5, 2000.0, 2003.25, 4500.0, 6999.0, 7000.0,
+    ];
     let mut s = String::from(HEADER);
     for t in ts {
         s += &row(t, 2, 3.0 + 0.002 * t);
     }
     let p = write(&dir, "t.csv", &s);
-    let sum = summarize(&p, &TraceOptions { gap_limit_ms: 3000.0, ..Default::default() }).unwrap();
-    assert!(rel(sum.total_joules(), 70.0) < 1e-12, "{}", sum.total_joules());
+    let sum = summarize(
+        &p,
+        &TraceOptions {
+            gap_limit_ms: 3000.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        rel(sum.total_joules(), 70.0) < 1e-12,
+        "{}",
+        sum.total_joules()
+    );
     assert_eq!(sum.channels[&2].max_interval_ms, 2499.0);
 }
 
@@ -99,7 +120,14 @@ fn gaps_are_reported_and_bridged() {
         s += &row(t, 0, 10.0);
     }
     let p = write(&dir, "t.csv", &s);
-    let sum = summarize(&p, &TraceOptions { gap_limit_ms: 1000.0, ..Default::default() }).unwrap();
+    let sum = summarize(
+        &p,
+        &TraceOptions {
+            gap_limit_ms: 1000.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(sum.gap_count, 1);
     assert_eq!(sum.gaps[0].node_id, 0);
     assert_eq!((sum.gaps[0].start_ms, sum.gaps[0].end_ms), (200.0, 5200.0));
@@ -142,17 +170,42 @@ fn block_boundaries_and_thread_counts_do_not_change_results() {
         let t = i as f64 * 20.0;
         for n in 0..4u32 {
             let w = 8.0 + ((i * 31 + n as usize * 7) % 101) as f64 / 10.0;
-            let _ = write!(s, "{t},{n},{w:.3},121.3,{:.4},0.997\n", w / 121.3);
+            let _ = writeln!(s, "{t},{n},{w:.3},121.3,{:.4},0.997", w / 121.3);
         }
     }
     let p = write(&dir, "big.csv", &s);
-    let one = summarize(&p, &TraceOptions { threads: 1, block_bytes: 1 << 30, ..Default::default() }).unwrap();
-    for (threads, block, mmap) in [(2, 4096, true), (3, 5000, false), (8, 65_536, true), (2, 7777, false)] {
-        let other = summarize(&p, &TraceOptions { threads, block_bytes: block, mmap, ..Default::default() }).unwrap();
+    let one = summarize(
+        &p,
+        &TraceOptions {
+            threads: 1,
+            block_bytes: 1 << 30,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (threads, block, mmap) in [
+        (2, 4096, true),
+        (3, 5000, false),
+        (8, 65_536, true),
+        (2, 7777, false),
+    ] {
+        let other = summarize(
+            &p,
+            &TraceOptions {
+                threads,
+                block_bytes: block,
+                mmap,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(other.samples, one.samples);
         assert!(rel(other.total_joules(), one.total_joules()) < 1e-12);
         assert_eq!(other.peak_watts, one.peak_watts);
-        assert_eq!(other.channels.keys().collect::<Vec<_>>(), one.channels.keys().collect::<Vec<_>>());
+        assert_eq!(
+            other.channels.keys().collect::<Vec<_>>(),
+            one.channels.keys().collect::<Vec<_>>()
+        );
     }
     // And the streaming reader sees the same rows.
     let n = TraceReader::open(&p).unwrap().count();
@@ -180,9 +233,15 @@ fn optional_columns_and_counter_energy() {
 /// Runs `summarize` on `body` (after the standard header unless `raw`) and returns the error text.
 fn reject(body: &str, raw: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let text = if raw { body.to_string() } else { format!("{HEADER}{body}") };
+    let text = if raw {
+        body.to_string()
+    } else {
+        format!("{HEADER}{body}")
+    };
     let p = write(&dir, "bad.csv", &text);
-    let e = summarize(&p, &TraceOptions::default()).unwrap_err().to_string();
+    let e = summarize(&p, &TraceOptions::default())
+        .unwrap_err()
+        .to_string();
     let name = p.display().to_string();
     assert!(e.starts_with(&name), "error does not name the file: {e}");
     e.replacen(&name, "bad.csv", 1)
@@ -190,54 +249,92 @@ fn reject(body: &str, raw: bool) -> String {
 
 #[test]
 fn decreasing_timestamps_within_a_node_are_rejected() {
-    let e = reject("0,0,1,120,0.01,1\n1000,1,1,120,0.01,1\n2000,0,1,120,0.01,1\n1500,0,1,120,0.01,1\n", false);
-    assert!(e.starts_with("bad.csv:5: timestamp_ms: 1500 is earlier than node 0's previous sample at 2000"), "{e}");
+    let e = reject(
+        "0,0,1,120,0.01,1\n1000,1,1,120,0.01,1\n2000,0,1,120,0.01,1\n1500,0,1,120,0.01,1\n",
+        false,
+    );
+    assert!(
+        e.starts_with(
+            "bad.csv:5: timestamp_ms: 1500 is earlier than node 0's previous sample at 2000"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn nan_and_infinite_values_are_rejected() {
     let e = reject("0,0,NaN,120,0.01,1\n", false);
-    assert!(e.starts_with("bad.csv:2: watts_rms: expected a finite number of watts"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:2: watts_rms: expected a finite number of watts"),
+        "{e}"
+    );
     let e = reject("0,0,1,120,0.01,1\n10,0,1,inf,0.01,1\n", false);
-    assert!(e.starts_with("bad.csv:3: volts_rms: expected a finite number"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:3: volts_rms: expected a finite number"),
+        "{e}"
+    );
     let e = reject("nan,0,1,120,0.01,1\n", false);
-    assert!(e.starts_with("bad.csv:2: timestamp_ms: expected a time in milliseconds"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:2: timestamp_ms: expected a time in milliseconds"),
+        "{e}"
+    );
 }
 
 #[test]
 fn negative_watts_are_rejected() {
     let e = reject("0,0,1,120,0.01,1\n10,0,-0.5,120,0.01,1\n", false);
-    assert!(e.starts_with("bad.csv:3: watts_rms: expected watts ≥ 0, found \"-0.5\""), "{e}");
+    assert!(
+        e.starts_with("bad.csv:3: watts_rms: expected watts ≥ 0, found \"-0.5\""),
+        "{e}"
+    );
 }
 
 #[test]
 fn power_factor_outside_unit_interval_is_rejected() {
     let e = reject("0,0,1,120,0.01,1.02\n", false);
-    assert!(e.starts_with("bad.csv:2: power_factor: expected a power factor in [0, 1]"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:2: power_factor: expected a power factor in [0, 1]"),
+        "{e}"
+    );
     let e = reject("0,0,1,120,0.01,-0.1\n", false);
     assert!(e.starts_with("bad.csv:2: power_factor:"), "{e}");
 }
 
 #[test]
 fn unknown_columns_are_rejected() {
-    let e = reject("timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,temp_c\n0,0,1,1,1,1,30\n", true);
+    let e = reject(
+        "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,temp_c\n0,0,1,1,1,1,30\n",
+        true,
+    );
     assert!(e.starts_with("bad.csv:1: column \"temp_c\": unknown column; expected the columns timestamp_ms,node_id"), "{e}");
 }
 
 #[test]
 fn a_missing_header_is_rejected() {
     let e = reject("0,0,1,120,0.01,1\n", true);
-    assert!(e.starts_with("bad.csv:1: header: missing header line (the first line is data)"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:1: header: missing header line (the first line is data)"),
+        "{e}"
+    );
     let e = reject("", true);
-    assert!(e.starts_with("bad.csv:1: header: missing header line"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:1: header: missing header line"),
+        "{e}"
+    );
     let e = reject("timestamp_ms,node_id,watts_rms\n0,0,1\n", true);
-    assert!(e.starts_with("bad.csv:1: column \"volts_rms\": required column missing"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:1: column \"volts_rms\": required column missing"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_truncated_last_line_is_rejected() {
     let e = reject("0,0,1,120,0.01,1\n1000,0,1.2,120,0.0836,", false);
-    assert!(e.starts_with("bad.csv:3: power_factor: empty field on the last line"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:3: power_factor: empty field on the last line"),
+        "{e}"
+    );
     assert!(e.contains("truncated"), "{e}");
     let e = reject("0,0,1,120,0.01,1\n1000,0,1.2,12", false);
     assert!(e.starts_with("bad.csv:3: row: expected 6 fields"), "{e}");
@@ -247,7 +344,10 @@ fn a_truncated_last_line_is_rejected() {
 #[test]
 fn other_malformed_fields_are_rejected() {
     let e = reject("0,zero,1,120,0.01,1\n", false);
-    assert!(e.starts_with("bad.csv:2: node_id: expected a node index"), "{e}");
+    assert!(
+        e.starts_with("bad.csv:2: node_id: expected a node index"),
+        "{e}"
+    );
     let e = reject("0,0,1,120,0.01,1,7\n", false);
     assert!(e.starts_with("bad.csv:2: row: expected 6 fields"), "{e}");
     let e = reject("0,0,1,120,-0.01,1\n", false);
@@ -267,9 +367,17 @@ fn errors_deep_in_a_multi_block_file_name_the_right_line() {
     }
     let p = write(&dir, "t.csv", &s);
     for mmap in [true, false] {
-        let e = summarize(&p, &TraceOptions { threads: 4, block_bytes: 4096, mmap, ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = summarize(
+            &p,
+            &TraceOptions {
+                threads: 4,
+                block_bytes: 4096,
+                mmap,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("t.csv:5002: power_factor"), "{e}");
     }
 }
@@ -290,7 +398,9 @@ fn block_local_peaks_agree_with_a_whole_file_sweep() {
             if n == 1 && (2000..2010).contains(&i) {
                 continue; // node 1 has a 200 ms gap
             }
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let w = 5.0 + ((x >> 40) % 1000) as f64 / 37.0;
             s += &row(t, n, w);
         }
@@ -299,14 +409,46 @@ fn block_local_peaks_agree_with_a_whole_file_sweep() {
     let names: BTreeMap<u32, ChannelSummary> = [0u32, 1, 2]
         .into_iter()
         .map(|n| {
-            (n, ChannelSummary { samples: 0, first_ms: 0.0, last_ms: 0.0, joules: 0.0, covered_ms: 0.0, gaps: 0, max_interval_ms: 0.0, peak_watts: 0.0, counter_joules: None })
+            (
+                n,
+                ChannelSummary {
+                    samples: 0,
+                    first_ms: 0.0,
+                    last_ms: 0.0,
+                    joules: 0.0,
+                    covered_ms: 0.0,
+                    gaps: 0,
+                    max_interval_ms: 0.0,
+                    peak_watts: 0.0,
+                    counter_joules: None,
+                },
+            )
         })
         .collect();
     for gap in [50.0, 150.0] {
         let reference = super::summarize::peak_by_merge_for_tests(&p, &names, gap).unwrap();
-        for (threads, block, mmap) in [(1, 1 << 30, true), (2, 4096, false), (4, 9000, true), (3, 30_000, false)] {
-            let sum = summarize(&p, &TraceOptions { gap_limit_ms: gap, threads, block_bytes: block, mmap, ..Default::default() }).unwrap();
-            assert_eq!((sum.peak_watts, sum.peak_at_ms), reference, "gap {gap} threads {threads} block {block}");
+        for (threads, block, mmap) in [
+            (1, 1 << 30, true),
+            (2, 4096, false),
+            (4, 9000, true),
+            (3, 30_000, false),
+        ] {
+            let sum = summarize(
+                &p,
+                &TraceOptions {
+                    gap_limit_ms: gap,
+                    threads,
+                    block_bytes: block,
+                    mmap,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                (sum.peak_watts, sum.peak_at_ms),
+                reference,
+                "gap {gap} threads {threads} block {block}"
+            );
             assert!(sum.time_sorted);
         }
     }

@@ -30,10 +30,20 @@ impl TraceWriter {
         }
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut out = BufWriter::with_capacity(64 * 1024, file);
-        writeln!(out, "{},utc_ms,source_t_ms,energy_j", REQUIRED_COLUMNS.join(","))
-            .map_err(|e| Error::io(&path, e))?;
+        writeln!(
+            out,
+            "{},utc_ms,source_t_ms,energy_j",
+            REQUIRED_COLUMNS.join(",")
+        )
+        .map_err(|e| Error::io(&path, e))?;
         out.flush().map_err(|e| Error::io(&path, e))?;
-        Ok(TraceWriter { path, out, last_flush: Instant::now(), flush_every, rows: 0 })
+        Ok(TraceWriter {
+            path,
+            out,
+            last_flush: Instant::now(),
+            flush_every,
+            rows: 0,
+        })
     }
 
     /// Appends samples; flushes when the interval has passed.
@@ -63,7 +73,10 @@ impl TraceWriter {
     /// Flushes and closes, syncing to disk.
     pub fn finish(mut self) -> Result<PathBuf, Error> {
         self.flush()?;
-        self.out.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))?;
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| Error::io(&self.path, e))?;
         Ok(self.path)
     }
 }
@@ -82,7 +95,11 @@ fn write_row(out: &mut impl Write, s: &PowerSample) -> std::io::Result<()> {
         opt(s.volts),
         opt(s.amps),
         opt(s.power_factor),
-        if s.host_utc_ms != 0 { s.host_utc_ms.to_string() } else { String::new() },
+        if s.host_utc_ms != 0 {
+            s.host_utc_ms.to_string()
+        } else {
+            String::new()
+        },
         opt(s.source_t_ms),
         opt(s.energy_j),
     )

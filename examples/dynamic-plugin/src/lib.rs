@@ -45,7 +45,8 @@ pub static epi_plugin_v1: EpiPluginV1 = EpiPluginV1 {
     abi_version: 1,
     kind: 1,
     key: c"hwmon".as_ptr(),
-    description: c"Linux hwmon power sensor (power*_input, µW), polled [dynamic plugin example]".as_ptr(),
+    description: c"Linux hwmon power sensor (power*_input, µW), polled [dynamic plugin example]"
+        .as_ptr(),
     create,
     open,
     next_batch,
@@ -62,7 +63,9 @@ struct Sensor {
 }
 
 fn cstring(s: String) -> *mut c_char {
-    CString::new(s.replace('\0', " ")).unwrap_or_default().into_raw()
+    CString::new(s.replace('\0', " "))
+        .unwrap_or_default()
+        .into_raw()
 }
 
 unsafe fn set_err(err: *mut *mut c_char, msg: String) {
@@ -72,7 +75,11 @@ unsafe fn set_err(err: *mut *mut c_char, msg: String) {
 }
 
 unsafe extern "C" fn create(config_json: *const c_char, err: *mut *mut c_char) -> *mut c_void {
-    let text = if config_json.is_null() { "null".into() } else { CStr::from_ptr(config_json).to_string_lossy().into_owned() };
+    let text = if config_json.is_null() {
+        "null".into()
+    } else {
+        CStr::from_ptr(config_json).to_string_lossy().into_owned()
+    };
     let v: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
@@ -83,17 +90,31 @@ unsafe extern "C" fn create(config_json: *const c_char, err: *mut *mut c_char) -
     if let Some(obj) = v.as_object() {
         for k in obj.keys() {
             if !["path", "interval_ms", "name"].contains(&k.as_str()) {
-                set_err(err, format!("unknown configuration key `{k}`; expected path, interval_ms, name"));
+                set_err(
+                    err,
+                    format!("unknown configuration key `{k}`; expected path, interval_ms, name"),
+                );
                 return std::ptr::null_mut();
             }
         }
     }
     let Some(path) = v.get("path").and_then(|p| p.as_str()) else {
-        set_err(err, "configuration key `path` (a hwmon power*_input file, µW) is required".into());
+        set_err(
+            err,
+            "configuration key `path` (a hwmon power*_input file, µW) is required".into(),
+        );
         return std::ptr::null_mut();
     };
-    let interval_ms = v.get("interval_ms").and_then(|x| x.as_u64()).unwrap_or(100).max(1);
-    let name = v.get("name").and_then(|x| x.as_str()).unwrap_or(path).to_string();
+    let interval_ms = v
+        .get("interval_ms")
+        .and_then(|x| x.as_u64())
+        .unwrap_or(100)
+        .max(1);
+    let name = v
+        .get("name")
+        .and_then(|x| x.as_str())
+        .unwrap_or(path)
+        .to_string();
     Box::into_raw(Box::new(Sensor {
         path: path.to_string(),
         interval: Duration::from_millis(interval_ms),
@@ -105,7 +126,10 @@ unsafe extern "C" fn create(config_json: *const c_char, err: *mut *mut c_char) -
 
 fn read_watts(path: &str) -> Result<f64, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let uw: f64 = text.trim().parse().map_err(|_| format!("{path}: expected microwatts, found {:?}", text.trim()))?;
+    let uw: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{path}: expected microwatts, found {:?}", text.trim()))?;
     if !(uw.is_finite() && uw >= 0.0) {
         return Err(format!("{path}: {uw} µW is not a power reading"));
     }
@@ -133,7 +157,11 @@ unsafe extern "C" fn open(inst: *mut c_void, err: *mut *mut c_char) -> *mut c_ch
     cstring(info.to_string())
 }
 
-unsafe extern "C" fn next_batch(inst: *mut c_void, timeout_ms: u32, err: *mut *mut c_char) -> *mut c_char {
+unsafe extern "C" fn next_batch(
+    inst: *mut c_void,
+    timeout_ms: u32,
+    err: *mut *mut c_char,
+) -> *mut c_char {
     let s = &mut *(inst as *mut Sensor);
     let (Some(start), Some(due)) = (s.start, s.next_due) else {
         set_err(err, "next_batch before open".into());
@@ -156,7 +184,10 @@ unsafe extern "C" fn next_batch(inst: *mut c_void, timeout_ms: u32, err: *mut *m
         }
     };
     let mono = start.elapsed().as_secs_f64() * 1000.0;
-    let utc = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let utc = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     let batch = serde_json::json!({
         "samples": [{
             "channel": 0, "t_ms": mono, "host_mono_ms": mono, "host_utc_ms": utc,

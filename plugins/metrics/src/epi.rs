@@ -19,7 +19,9 @@ impl Scorer for EpiScorer {
         })?;
         let value = metrics::epi(input.energy_j, input.tokens_out, a).map_err(|e| err("epi", e))?;
         let ci95 = match (input.energy_rel_accuracy, input.accuracy_ci95) {
-            (Some(r), Some(ci)) => metrics::epi_interval(input.energy_j, r, input.tokens_out, ci).ok(),
+            (Some(r), Some(ci)) => {
+                metrics::epi_interval(input.energy_j, r, input.tokens_out, ci).ok()
+            }
             _ => None,
         };
         let mut out = vec![Metric {
@@ -71,7 +73,11 @@ mod tests {
 
     #[test]
     fn no_accuracy_is_refused_with_a_reason() {
-        let input = ScoreInput { energy_j: 10.0, tokens_out: 10, ..Default::default() };
+        let input = ScoreInput {
+            energy_j: 10.0,
+            tokens_out: 10,
+            ..Default::default()
+        };
         let e = EpiScorer {}.score(&input).unwrap_err().to_string();
         assert!(e.contains("EPI needs an accuracy"), "{e}");
     }

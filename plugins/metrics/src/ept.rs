@@ -57,13 +57,24 @@ mod tests {
     #[test]
     fn three_normalisations() {
         let m = EptScorer {}
-            .score(&ScoreInput { energy_j: 120.0, tokens_in: Some(40), tokens_out: 20, ..Default::default() })
+            .score(&ScoreInput {
+                energy_j: 120.0,
+                tokens_in: Some(40),
+                tokens_out: 20,
+                ..Default::default()
+            })
             .unwrap();
         let get = |n: &str| m.iter().find(|x| x.name == n).unwrap().value;
         assert_eq!(get("ept_out"), 6.0);
         assert_eq!(get("ept_in"), 3.0);
         assert_eq!(get("ept_total"), 2.0);
-        let m = EptScorer {}.score(&ScoreInput { energy_j: 120.0, tokens_out: 20, ..Default::default() }).unwrap();
+        let m = EptScorer {}
+            .score(&ScoreInput {
+                energy_j: 120.0,
+                tokens_out: 20,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(m.len(), 1);
     }
 }

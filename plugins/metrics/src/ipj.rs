@@ -14,7 +14,9 @@ pub struct IpjScorer {}
 
 impl Scorer for IpjScorer {
     fn score(&self, input: &ScoreInput) -> Result<Vec<Metric>, ScoreError> {
-        let a = input.accuracy.ok_or_else(|| err("ipj", "IPJ needs an accuracy, and this run has none"))?;
+        let a = input
+            .accuracy
+            .ok_or_else(|| err("ipj", "IPJ needs an accuracy, and this run has none"))?;
         if input.queries.is_empty() {
             return Err(err("ipj", "IPJ needs per-query energies: run `epi profile` (a trace and a benchmark JSON have no query windows)"));
         }
@@ -44,9 +46,29 @@ mod tests {
 
     #[test]
     fn mean_per_query() {
-        let q = vec![QueryEnergy { energy_j: 2.0, latency_s: 1.0 }, QueryEnergy { energy_j: 6.0, latency_s: 1.0 }];
-        let m = IpjScorer {}.score(&ScoreInput { accuracy: Some(0.8), queries: q, ..Default::default() }).unwrap();
+        let q = vec![
+            QueryEnergy {
+                energy_j: 2.0,
+                latency_s: 1.0,
+            },
+            QueryEnergy {
+                energy_j: 6.0,
+                latency_s: 1.0,
+            },
+        ];
+        let m = IpjScorer {}
+            .score(&ScoreInput {
+                accuracy: Some(0.8),
+                queries: q,
+                ..Default::default()
+            })
+            .unwrap();
         assert!((m[0].value - 0.2).abs() < 1e-15);
-        assert!(IpjScorer {}.score(&ScoreInput { accuracy: Some(0.8), ..Default::default() }).is_err());
+        assert!(IpjScorer {}
+            .score(&ScoreInput {
+                accuracy: Some(0.8),
+                ..Default::default()
+            })
+            .is_err());
     }
 }

@@ -14,11 +14,20 @@ pub struct IpwScorer {}
 
 impl Scorer for IpwScorer {
     fn score(&self, input: &ScoreInput) -> Result<Vec<Metric>, ScoreError> {
-        let a = input.accuracy.ok_or_else(|| err("ipw", "IPW needs an accuracy, and this run has none"))?;
+        let a = input
+            .accuracy
+            .ok_or_else(|| err("ipw", "IPW needs an accuracy, and this run has none"))?;
         if input.queries.is_empty() {
-            return Err(err("ipw", "IPW needs per-query energies and latencies: run `epi profile`"));
+            return Err(err(
+                "ipw",
+                "IPW needs per-query energies and latencies: run `epi profile`",
+            ));
         }
-        let q: Vec<(f64, f64)> = input.queries.iter().map(|q| (q.energy_j, q.latency_s)).collect();
+        let q: Vec<(f64, f64)> = input
+            .queries
+            .iter()
+            .map(|q| (q.energy_j, q.latency_s))
+            .collect();
         Ok(vec![Metric {
             name: "ipw".into(),
             value: metrics::ipw(a, &q).map_err(|x| err("ipw", x))?,
@@ -44,8 +53,23 @@ mod tests {
 
     #[test]
     fn mean_power_per_query() {
-        let q = vec![QueryEnergy { energy_j: 10.0, latency_s: 2.0 }, QueryEnergy { energy_j: 30.0, latency_s: 2.0 }];
-        let m = IpwScorer {}.score(&ScoreInput { accuracy: Some(0.5), queries: q, ..Default::default() }).unwrap();
+        let q = vec![
+            QueryEnergy {
+                energy_j: 10.0,
+                latency_s: 2.0,
+            },
+            QueryEnergy {
+                energy_j: 30.0,
+                latency_s: 2.0,
+            },
+        ];
+        let m = IpwScorer {}
+            .score(&ScoreInput {
+                accuracy: Some(0.5),
+                queries: q,
+                ..Default::default()
+            })
+            .unwrap();
         assert!((m[0].value - 0.05).abs() < 1e-15);
     }
 }

@@ -11,7 +11,10 @@ pub mod ipw;
 use epi_framework::scorer::ScoreError;
 
 pub(crate) fn err(scorer: &str, e: impl std::fmt::Display) -> ScoreError {
-    ScoreError { scorer: scorer.to_string(), message: e.to_string() }
+    ScoreError {
+        scorer: scorer.to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// The scorer keys this crate registers (used by tests to check registration).
