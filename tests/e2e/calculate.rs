@@ -213,19 +213,44 @@ fn output_file_is_written_and_summary_printed() {
 #[test]
 fn calculate_logs_into_the_results_database() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("trace.csv"), format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,12,230,0.05,0.99\n")).unwrap();
+    std::fs::write(
+        dir.path().join("trace.csv"),
+        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,12,230,0.05,0.99\n"),
+    )
+    .unwrap();
     bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
     let o = epi(
         dir.path(),
-        &["calculate", "--trace", "trace.csv", "--benchmark", "benchmark.json", "--db", "r.db", "--tags", "a,b"],
+        &[
+            "calculate",
+            "--trace",
+            "trace.csv",
+            "--benchmark",
+            "benchmark.json",
+            "--db",
+            "r.db",
+            "--tags",
+            "a,b",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("logged as #1 in r.db"), "{}", stdout(&o));
-    let o = epi(dir.path(), &["results", "list", "--db", "r.db", "--tag", "b", "--json"]);
+    assert!(
+        stdout(&o).contains("logged as #1 in r.db"),
+        "{}",
+        stdout(&o)
+    );
+    let o = epi(
+        dir.path(),
+        &["results", "list", "--db", "r.db", "--tag", "b", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().map(|a| a.len()), Some(1), "{v}");
-    assert_eq!(v[0]["result"]["epi"].as_f64().or(v[0]["epi"].as_f64()), Some(2.0), "{v}");
+    assert_eq!(
+        v[0]["result"]["epi"].as_f64().or(v[0]["epi"].as_f64()),
+        Some(2.0),
+        "{v}"
+    );
 }
 
 #[test]

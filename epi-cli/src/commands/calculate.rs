@@ -181,6 +181,23 @@ pub fn run(ctx: &Context, a: &CalculateArgs) -> Result<ExitCode> {
             .to_json(out)
             .with_context(|| format!("writing {}", out.display()))?;
     }
+    let logged = match &a.db {
+        Some(db) => {
+            let tags: Vec<String> = a
+                .tags
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            let id = epi_framework::resultsdb::ResultsDb::open(db)
+                .and_then(|mut d| d.log(&result, &tags))
+                .with_context(|| format!("logging the result into {}", db.display()))?;
+            Some((db, id))
+        }
+        None => None,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
