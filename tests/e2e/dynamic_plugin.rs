@@ -6,18 +6,36 @@ use crate::support::{epi, epi_bin, have_tool, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The example plugin built by `cargo test --workspace` beside the `epi` binary.
+/// The example plugin, beside the `epi` binary. `cargo test --workspace` does not always leave a
+/// cdylib there (only a `cargo build` of the crate does), so it is built here when missing, with the
+/// cargo that runs the tests, into the same target directory and profile.
 fn example_plugin() -> Option<PathBuf> {
-    let p = epi_bin()
-        .parent()
-        .unwrap()
-        .join("libepi_example_dynamic_plugin.so");
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let bin = epi_bin();
+    let profile_dir = bin.parent().unwrap().to_path_buf();
+    let p = profile_dir.join("libepi_example_dynamic_plugin.so");
+    let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !p.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let target_dir = profile_dir.parent().unwrap();
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--locked", "-p", "epi-example-dynamic-plugin"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(st) if st.success() => {}
+            other => eprintln!("building the example plugin failed: {other:?}"),
+        }
+    }
     if p.is_file() {
         return Some(p);
     }
     assert!(
         std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(),
-        "{} missing: the workspace build makes it (cargo test --workspace)",
+        "{} missing, and `cargo build -p epi-example-dynamic-plugin` did not make it",
         p.display()
     );
     eprintln!("skipping: build it with cargo build -p epi-example-dynamic-plugin");
