@@ -1,6 +1,8 @@
 //! Power traces: the trace CSV format (`timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor`),
 //! streaming integration, recording, and the provenance sidecar.
 
+#[cfg(target_arch = "x86_64")]
+mod fast_x86;
 mod parse;
 mod reader;
 mod summarize;

@@ -500,22 +500,26 @@ fn parse_lines(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("bmi1")
-            && std::arch::is_x86_feature_detected!("bmi2")
-            && std::arch::is_x86_feature_detected!("popcnt")
-            && std::arch::is_x86_feature_detected!("lzcnt")
-        {
+        if super::fast_x86::available() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
             unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, recs) };
             return;
         }
     }
-    parse_lines_generic(padded, data_len, pos, owned_end, header, b, recs)
+    parse_lines_generic(
+        padded,
+        data_len,
+        pos,
+        owned_end,
+        header,
+        b,
+        recs,
+        super::parse::parse_canonical_at,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt")]
+#[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3")]
 unsafe fn parse_lines_x86_v3(
     padded: &[u8],
     data_len: usize,
@@ -525,12 +529,23 @@ unsafe fn parse_lines_x86_v3(
     b: &mut Block,
     recs: &mut Vec<Rec>,
 ) {
-    parse_lines_generic(padded, data_len, pos, owned_end, header, b, recs)
+    parse_lines_generic(
+        padded,
+        data_len,
+        pos,
+        owned_end,
+        header,
+        b,
+        recs,
+        // SAFETY: this function only runs where `fast_x86::available()`.
+        |buf, at| unsafe { super::fast_x86::parse_canonical_at(buf, at) },
+    )
 }
 
 /// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)`. The SIMD fast path
 /// is used wherever `padded` has its padding after the line start.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn parse_lines_generic(
     padded: &[u8],
     data_len: usize,
@@ -539,12 +554,13 @@ fn parse_lines_generic(
     header: &Header,
     b: &mut Block,
     recs: &mut Vec<Rec>,
+    fast: impl Fn(&[u8], usize) -> Option<(f64, u32, f64, usize)>,
 ) {
     let canonical = super::parse::is_canonical(header);
     let data = &padded[..data_len];
     while pos < owned_end {
         if canonical {
-            if let Some((t, node, w, n)) = super::parse::parse_canonical_at(padded, pos) {
+            if let Some((t, node, w, n)) = fast(padded, pos) {
                 recs.push(Rec {
                     t,
                     w,
@@ -800,7 +816,7 @@ fn integrate_block(b: &mut Block, recs: &[Rec], gap_limit: f64, max_gaps: usize)
             p.last = *r;
         }
         if b.sorted && !short {
-            sweep.push(r.node, r.t, r.w);
+            sweep.push_dense(i, r.t, r.w);
         }
         if short || r.t < first.t + 2.0 * gap_limit || r.t > last_t - 2.0 * gap_limit {
             b.boundary.push(*r);
@@ -1136,6 +1152,14 @@ impl PeakSweep {
 
     #[inline]
     fn push(&mut self, node: u32, t: f64, w: f64) {
+        let (c, _) = self.dense.get_or_insert(node, self.prev.len());
+        self.push_dense(c, t, w);
+    }
+
+    /// `push` with the channel's dense index given by the caller (indices are assigned in order
+    /// of first appearance: `c` is at most the number of channels seen so far).
+    #[inline(always)]
+    fn push_dense(&mut self, c: usize, t: f64, w: f64) {
         if self.unsorted {
             return;
         }
@@ -1143,9 +1167,8 @@ impl PeakSweep {
             self.unsorted = true;
             return;
         }
-        let (c, new) = self.dense.get_or_insert(node, self.prev.len());
-        if new {
-            self.prev.push(None);
+        if c >= self.prev.len() {
+            self.prev.resize(c + 1, None);
         }
         if t > self.group_t {
             self.close_group();
@@ -1191,7 +1214,22 @@ impl PeakSweep {
         }
     }
 
+    #[inline(always)]
     fn close_group(&mut self) {
+        if self.group_len == self.prev.len() && self.pending.is_empty() && self.group_len > 0 {
+            // Every channel was sampled at this instant: nothing to interpolate.
+            let (t, sum) = (self.group_t, self.group_sum);
+            self.group_sum = 0.0;
+            self.group_bits = 0;
+            self.group_members.clear();
+            self.group_len = 0;
+            self.finalize(t, sum);
+        } else {
+            self.close_group_general();
+        }
+    }
+
+    fn close_group_general(&mut self) {
         if self.group_len == 0 {
             return;
         }
