@@ -366,7 +366,7 @@ pub fn parse_u32(raw: &[u8]) -> Option<u32> {
     u32::try_from(v).ok()
 }
 
-const POW10: [f64; 23] = [
+pub(super) const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
@@ -632,7 +632,7 @@ fn field_value(buf: &[u8], pos: usize, s: u32, e: u32, dm: u64) -> (u64, u32) {
     }
 }
 
-const POW10_INT: [u64; 20] = [
+pub(super) const POW10_INT: [u64; 20] = [
     1,
     10,
     100,
@@ -732,6 +732,27 @@ pub fn parse_canonical_at(buf: &[u8], pos: usize) -> Option<(f64, u32, f64, usiz
     ))
 }
 
+/// Lines every fast path must leave to the general parser (which accepts or rejects them).
+#[cfg(test)]
+pub(super) const LINES_FOR_THE_GENERAL_PARSER: &[&str] = &[
+    "0,0,-1,121,0.1,0.9\n",
+    "0,0,1,121,0.1,1.0001\n",
+    "0,0,1,121,0.1,\n",
+    "0,0,1e1,121,0.1,0.9\n",
+    "-5,0,1,121,0.1,0.9\n",
+    "0,x,1,121,0.1,0.9\n",
+    "0,0,1,121,0.1,0.9,7\n",
+    "0,0,1,121,0.1\n",
+    "0,4294967296,1,1,1,1\n",
+    "0,0,.,1,1,1\n",
+    "0,0,1..2,1,1,1\n",
+    "0,0,1,1,1,1\r\n",
+    "0,0.5,1,1,1,1\n",
+    "0,0,1234567890123456,1,1,1\n",
+    "0,0,1,1,1,1", // no newline within the line
+    "0,0,1,1111111111111111111111111111111111111111111111111111111111,1,1\n", // longer than 64
+];
+
 #[cfg(test)]
 mod simd_tests {
     use super::*;
@@ -791,24 +812,7 @@ mod simd_tests {
 
     #[test]
     fn simd_path_defers_everything_unusual() {
-        for line in [
-            "0,0,-1,121,0.1,0.9\n",
-            "0,0,1,121,0.1,1.0001\n",
-            "0,0,1,121,0.1,\n",
-            "0,0,1e1,121,0.1,0.9\n",
-            "-5,0,1,121,0.1,0.9\n",
-            "0,x,1,121,0.1,0.9\n",
-            "0,0,1,121,0.1,0.9,7\n",
-            "0,0,1,121,0.1\n",
-            "0,4294967296,1,1,1,1\n",
-            "0,0,.,1,1,1\n",
-            "0,0,1..2,1,1,1\n",
-            "0,0,1,1,1,1\r\n",
-            "0,0.5,1,1,1,1\n",
-            "0,0,1234567890123456,1,1,1\n",
-            "0,0,1,1,1,1", // no newline within the line
-            "0,0,1,1111111111111111111111111111111111111111111111111111111111,1,1\n", // longer than 64
-        ] {
+        for line in LINES_FOR_THE_GENERAL_PARSER {
             assert!(run(line).is_none(), "fast path accepted {line:?}");
         }
         assert_eq!(run("0,0,1,1,1,1\n"), Some((0.0, 0, 1.0, 11)));
