@@ -96,11 +96,7 @@ fn field(dot: u64, s: u32, e: u32) -> Option<(usize, usize)> {
         return None;
     }
     let dm = dot & (((1u64 << e) - 1) & !((1u64 << s) - 1));
-    let d = if dm == 0 {
-        16
-    } else {
-        dm.trailing_zeros() - s
-    };
+    let d = if dm == 0 { 16 } else { dm.trailing_zeros() - s };
     Some((n as usize, d as usize))
 }
 
@@ -154,7 +150,9 @@ pub unsafe fn parse_canonical_at(buf: &[u8], pos: usize) -> Option<(f64, u32, f6
     let (tn, td) = field(dot, 0, c0)?;
     let (wn, wd) = field(dot, c1 + 1, c2)?;
     let (pn, pd) = field(dot, c4 + 1, len)?;
-    if tn - (td != 16) as usize > 15 || wn - (wd != 16) as usize > 15 || pn - (pd != 16) as usize > 15
+    if tn - (td != 16) as usize > 15
+        || wn - (wd != 16) as usize > 15
+        || pn - (pd != 16) as usize > 15
     {
         return None;
     }
@@ -272,16 +270,19 @@ mod tests {
 
     #[test]
     fn defers_everything_unusual() {
-        for &line in super::super::parse::LINES_FOR_THE_GENERAL_PARSER.iter().chain(&[
-            ".,0,1,1,1,1\n",
-            "0,0,1,1,1,.\n",
-            "0,0,1.2.3,1,1,1\n",
-            "0,0,1,1,1.2.,1\n",
-            ",0,1,1,1,1\n",
-            "0,,1,1,1,1\n",
-            "0,0,1,1,1,1,\n",
-            "0,0,1,1,1,0.12345678901234567\n",
-        ]) {
+        for &line in super::super::parse::LINES_FOR_THE_GENERAL_PARSER
+            .iter()
+            .chain(&[
+                ".,0,1,1,1,1\n",
+                "0,0,1,1,1,.\n",
+                "0,0,1.2.3,1,1,1\n",
+                "0,0,1,1,1.2.,1\n",
+                ",0,1,1,1,1\n",
+                "0,,1,1,1,1\n",
+                "0,0,1,1,1,1,\n",
+                "0,0,1,1,1,0.12345678901234567\n",
+            ])
+        {
             assert_eq!(fast(line), None, "{line:?}");
             assert_eq!(slow(line), None, "{line:?}");
         }
