@@ -6,7 +6,8 @@
 //! cargo bench -p epi-cli --bench calculate -- --quick # 64 MB trace
 //! ```
 //!
-//! Reports wall-clock time (median of runs, page cache warm for both), peak resident memory of each
+//! Reports wall-clock time (median of 5 runs each, alternating, the file read through just before
+//! every run so the page cache is warm for both), peak resident memory of each
 //! process (`wait4` rusage), the speed ratio, and checks that both computed the same energy to 1e-9
 //! relative. Targets: ≥ 20× faster than pandas, < 64 MiB peak memory whatever the trace size.
 //! Traces are generated once into `target/bench-data/` (needs python3 with numpy and pandas).
@@ -27,7 +28,7 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let runs = 3;
+    let runs = 5;
     let sizes: Vec<u64> = if quick { vec![64] } else { vec![64, 1024] };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -64,6 +65,7 @@ fn main() {
         let mut epi_out = String::new();
         let mut pd_out = String::new();
         for _ in 0..runs {
+            warm(&trace);
             let (t, rss, out) = run_measured(
                 Command::new(&epi)
                     .args(["calculate", "--json", "--trace"])
@@ -74,6 +76,7 @@ fn main() {
             );
             epi_runs.push((t, rss));
             epi_out = out;
+            warm(&trace);
             let (t, rss, out) = run_measured(
                 Command::new("python3")
                     .arg(refdir.join("pandas_epi_reference.py"))
@@ -83,6 +86,17 @@ fn main() {
             pd_runs.push((t, rss));
             pd_out = out;
         }
+        let secs = |v: &[(f64, i64)]| {
+            v.iter()
+                .map(|(t, _)| format!("{t:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "{mb} MB runs, s: epi [{}]  pandas [{}]",
+            secs(&epi_runs),
+            secs(&pd_runs)
+        );
         let e: serde_json::Value = serde_json::from_str(&epi_out).expect("epi JSON");
         let p: serde_json::Value = serde_json::from_str(&pd_out).expect("pandas JSON");
         let ej = e["energy"]["total_joules"].as_f64().expect("energy");

@@ -689,6 +689,20 @@ impl Mapping {
                 )
             };
         }
+        // Ask for the next few MiB to be read ahead (a no-op where they are cached already), so
+        // a file partly evicted from the page cache is not read one block at a time.
+        let ahead_end = (end + (8 << 20)).min(self.len);
+        let ahead_start = end.div_ceil(page) * page;
+        if ahead_end > ahead_start {
+            // SAFETY: as above.
+            unsafe {
+                libc::madvise(
+                    (self.ptr as *mut u8).add(ahead_start) as *mut libc::c_void,
+                    ahead_end - ahead_start,
+                    libc::MADV_WILLNEED,
+                )
+            };
+        }
     }
 
     /// Drops the pages of `[0, upto)` from this process.
