@@ -6,14 +6,13 @@ use crate::data::{
     self, describe, describe_parquet, parquet_shards, read_jsonl, read_parquet_shards, search_dirs,
 };
 use crate::fewshot::{plan, FewshotSelection, PlanInput, Sampler};
-use crate::mc::{self, render_context, McDoc, TARGET_DELIMITER};
+use crate::mc::{self, McDoc};
 use epi_framework::backend::ScoringMode;
 use epi_framework::error::{InputError, Location};
 use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
 use epi_framework::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
 use epi_framework::Error;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -294,39 +293,17 @@ impl Suite for ArcChallenge {
             suite: KEY.to_string(),
             message: format!("few-shot sampling: {e}"),
         })?;
-        Ok(planned
-            .into_iter()
-            .map(|p| {
-                let doc = &data.test[p.doc];
-                SuiteItem {
-                    suite: KEY.to_string(),
-                    doc_id: format!("test/{}", p.doc),
-                    subject: None,
-                    context: render_context("", p.shots.iter().map(|&i| &data.train[i]), doc),
-                    question: doc.text.clone(),
-                    choices: doc.choices.clone(),
-                    target_delimiter: TARGET_DELIMITER.to_string(),
-                    gold: Some(doc.gold),
-                }
-            })
-            .collect())
+        Ok(mc::items_from_plan(
+            KEY,
+            "test",
+            planned,
+            &data.test,
+            &data.train,
+        ))
     }
 
     fn aggregate(&self, outcomes: &[ItemOutcome], mode: ScoringMode) -> SuiteScore {
-        let (n_failed, n_unparseable) = mc::count_problems(outcomes);
-        let (metrics, headline) = mc::acc_and_norm(outcomes, mode);
-        let info = self.info();
-        SuiteScore {
-            suite: KEY.to_string(),
-            benchmark_key: info.benchmark_key,
-            mode,
-            n_items: outcomes.len(),
-            n_failed,
-            n_unparseable,
-            metrics,
-            headline,
-            groups: BTreeMap::new(),
-        }
+        mc::acc_and_norm_score(KEY, self.info().benchmark_key, outcomes, mode)
     }
 }
 

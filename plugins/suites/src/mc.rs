@@ -1,9 +1,11 @@
 //! What the multiple-choice suites share: the rendered document, lm-eval's prompt assembly, and
 //! the scoring of outcomes.
 
+use crate::fewshot::Planned;
 use epi_framework::backend::ScoringMode;
 use epi_framework::metrics::bootstrap_mean_ci95;
-use epi_framework::suite::{ItemOutcome, MetricValue};
+use epi_framework::suite::{ItemOutcome, MetricValue, SuiteItem, SuiteScore};
+use std::collections::BTreeMap;
 
 /// lm-eval's `target_delimiter`: put between the context and each choice.
 pub const TARGET_DELIMITER: &str = " ";
@@ -123,6 +125,55 @@ pub fn acc_and_norm(
         ScoringMode::Generative => "acc",
     };
     (metrics, headline.to_string())
+}
+
+/// The items of a planned run: each evaluated document (`docs[p.doc]`, id `{split}/{index}`) with
+/// its examples from `pool` rendered into lm-eval's context (no description).
+pub fn items_from_plan(
+    suite: &str,
+    split: &str,
+    planned: Vec<Planned>,
+    docs: &[McDoc],
+    pool: &[McDoc],
+) -> Vec<SuiteItem> {
+    planned
+        .into_iter()
+        .map(|p| {
+            let doc = &docs[p.doc];
+            SuiteItem {
+                suite: suite.to_string(),
+                doc_id: format!("{split}/{}", p.doc),
+                subject: None,
+                context: render_context("", p.shots.iter().map(|&i| &pool[i]), doc),
+                question: doc.text.clone(),
+                choices: doc.choices.clone(),
+                target_delimiter: TARGET_DELIMITER.to_string(),
+                gold: Some(doc.gold),
+            }
+        })
+        .collect()
+}
+
+/// The score of a suite reported as `acc` and `acc_norm` (no subject groups).
+pub fn acc_and_norm_score(
+    suite: &str,
+    benchmark_key: String,
+    outcomes: &[ItemOutcome],
+    mode: ScoringMode,
+) -> SuiteScore {
+    let (n_failed, n_unparseable) = count_problems(outcomes);
+    let (metrics, headline) = acc_and_norm(outcomes, mode);
+    SuiteScore {
+        suite: suite.to_string(),
+        benchmark_key,
+        mode,
+        n_items: outcomes.len(),
+        n_failed,
+        n_unparseable,
+        metrics,
+        headline,
+        groups: BTreeMap::new(),
+    }
 }
 
 #[cfg(test)]
