@@ -355,13 +355,9 @@ mod tests {
     use super::*;
     use crate::data::testutil;
     use epi_framework::registry::Registry;
-    use sha2::{Digest, Sha256};
 
     fn sha256(s: &str) -> String {
-        Sha256::digest(s.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::sha256_hex(s)
     }
 
     fn synthetic() -> PathBuf {

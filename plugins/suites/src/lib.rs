@@ -30,3 +30,28 @@ pub fn link() {
 pub(crate) fn testdata() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
 }
+
+/// Hex sha256 of a string (the test vectors of `lm-eval-tasks.md` are given so).
+#[cfg(test)]
+pub(crate) fn sha256_hex(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The registered suite `key` on the repository's test data, with `extra` settings.
+#[cfg(test)]
+pub(crate) fn test_suite(
+    key: &str,
+    extra: serde_json::Value,
+) -> Box<dyn epi_framework::suite::Suite> {
+    let mut cfg = serde_json::json!({ "data_dir": testdata() });
+    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    epi_framework::registry::Registry::builtin()
+        .suite(key, &cfg)
+        .unwrap()
+}

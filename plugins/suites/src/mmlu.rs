@@ -556,21 +556,13 @@ epi_framework::inventory::submit! {
 mod tests {
     use super::*;
     use epi_framework::registry::Registry;
-    use sha2::{Digest, Sha256};
 
     fn sha256(s: &str) -> String {
-        Sha256::digest(s.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::sha256_hex(s)
     }
 
     fn suite(extra: serde_json::Value) -> Box<dyn Suite> {
-        let mut cfg = serde_json::json!({ "data_dir": crate::testdata() });
-        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
-            c.extend(e.clone());
-        }
-        Registry::builtin().suite(KEY, &cfg).unwrap()
+        crate::test_suite(KEY, extra)
     }
 
     fn outcome(subject: &str, i: usize, gold: usize, prediction: usize) -> ItemOutcome {
