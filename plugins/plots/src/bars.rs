@@ -177,17 +177,9 @@ struct BarsFigure {
 
 impl Plot for BarsPlot {
     fn render(&self, input: &PlotInput, spec: &PlotSpec) -> Result<PlotReport, PlotError> {
-        let options: BarsOptions = parse_config(KEY, &crate::merge_options(&self.options, spec)?)
-            .map_err(|e| err(KEY, e.to_string()))?;
-        let PlotInput::Results(results) = input else {
-            return Err(err(
-                KEY,
-                "needs EPI results (--results-dir or --db), not a trace",
-            ));
-        };
-        style::register_fonts(KEY)?;
-        let canvas = Canvas::for_spec(KEY, spec)?;
-        let pal = Palette::from_theme(KEY, &spec.theme)?;
+        let options: BarsOptions = crate::render_options(KEY, &self.options, spec)?;
+        let results = crate::results_input(KEY, input)?;
+        let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let mut warnings = Vec::new();
         let kept: Vec<&EpiResult> = results
             .iter()

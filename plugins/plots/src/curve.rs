@@ -276,23 +276,15 @@ struct CurveFigure {
 
 impl Plot for CurvePlot {
     fn render(&self, input: &PlotInput, spec: &PlotSpec) -> Result<PlotReport, PlotError> {
-        let options: CurveOptions = parse_config(KEY, &crate::merge_options(&self.options, spec)?)
-            .map_err(|e| err(KEY, e.to_string()))?;
+        let options: CurveOptions = crate::render_options(KEY, &self.options, spec)?;
         let Some(x_param) = options.x_param.filter(|p| !p.trim().is_empty()) else {
             return Err(err(
                 KEY,
                 "no x parameter: give --x-param NAME (a surgery parameter, e.g. experts_dropped)",
             ));
         };
-        let PlotInput::Results(results) = input else {
-            return Err(err(
-                KEY,
-                "needs EPI results (--results-dir or --db), not a trace",
-            ));
-        };
-        style::register_fonts(KEY)?;
-        let canvas = Canvas::for_spec(KEY, spec)?;
-        let pal = Palette::from_theme(KEY, &spec.theme)?;
+        let results = crate::results_input(KEY, input)?;
+        let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let refs: Vec<&EpiResult> = results.iter().collect();
         let (series, warnings) = series(&refs, &x_param);
         if series.is_empty() {

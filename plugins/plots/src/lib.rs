@@ -14,8 +14,10 @@ mod style;
 pub mod timeline;
 
 use epi_framework::config::merge_config;
-use epi_framework::plot::{PlotError, PlotSpec};
-use epi_framework::registry::PluginConfig;
+use epi_framework::plot::{PlotError, PlotInput, PlotSpec};
+use epi_framework::registry::parse_config;
+use epi_framework::EpiResult;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Forces this crate's plugin registrations into a binary that links it (linkers drop archive
@@ -25,17 +27,27 @@ pub fn link() {
     std::hint::black_box(module_path!());
 }
 
-/// A plot's configured options with the spec's per-render options laid over them.
-pub(crate) fn merge_options<T: Serialize>(
+/// A plot's configured options with the spec's per-render options laid over them, parsed.
+pub(crate) fn render_options<T: Serialize + DeserializeOwned>(
+    plot: &str,
     base: &T,
     spec: &PlotSpec,
-) -> Result<PluginConfig, PlotError> {
-    let base = serde_json::to_value(base).map_err(|e| PlotError {
-        plot: "plot".into(),
-        message: format!("options: {e}"),
-    })?;
-    Ok(merge_config(
-        &base,
-        &serde_json::Value::Object(spec.options.clone()),
-    ))
+) -> Result<T, PlotError> {
+    let base = serde_json::to_value(base).map_err(|e| style::err(plot, format!("options: {e}")))?;
+    let merged = merge_config(&base, &serde_json::Value::Object(spec.options.clone()));
+    parse_config(plot, &merged).map_err(|e| style::err(plot, e.to_string()))
+}
+
+/// The EPI results a results plot draws, or the error for a trace input.
+pub(crate) fn results_input<'a>(
+    plot: &str,
+    input: &'a PlotInput,
+) -> Result<&'a [EpiResult], PlotError> {
+    match input {
+        PlotInput::Results(results) => Ok(results),
+        PlotInput::Trace(_) => Err(style::err(
+            plot,
+            "needs EPI results (--results-dir or --db), not a trace",
+        )),
+    }
 }

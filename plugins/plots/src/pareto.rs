@@ -129,17 +129,9 @@ struct ParetoFigure {
 
 impl Plot for ParetoPlot {
     fn render(&self, input: &PlotInput, spec: &PlotSpec) -> Result<PlotReport, PlotError> {
-        let options: ParetoOptions = parse_config(KEY, &crate::merge_options(&self.options, spec)?)
-            .map_err(|e| err(KEY, e.to_string()))?;
-        let PlotInput::Results(results) = input else {
-            return Err(err(
-                KEY,
-                "needs EPI results (--results-dir or --db), not a trace",
-            ));
-        };
-        style::register_fonts(KEY)?;
-        let canvas = Canvas::for_spec(KEY, spec)?;
-        let pal = Palette::from_theme(KEY, &spec.theme)?;
+        let options: ParetoOptions = crate::render_options(KEY, &self.options, spec)?;
+        let results = crate::results_input(KEY, input)?;
+        let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let mut warnings = Vec::new();
         let mut kept: Vec<&EpiResult> = Vec::new();
         for r in results {

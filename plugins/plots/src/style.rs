@@ -35,6 +35,19 @@ pub(crate) fn register_fonts(plot: &str) -> Result<(), PlotError> {
     }
 }
 
+/// Fonts registered, the canvas of the spec and the palette of its theme: what every plot starts
+/// drawing with.
+pub(crate) fn canvas_and_palette(
+    plot: &str,
+    spec: &PlotSpec,
+) -> Result<(Canvas, Palette), PlotError> {
+    register_fonts(plot)?;
+    Ok((
+        Canvas::for_spec(plot, spec)?,
+        Palette::from_theme(plot, &spec.theme)?,
+    ))
+}
+
 /// A plot error.
 pub(crate) fn err(plot: &str, message: impl Into<String>) -> PlotError {
     PlotError {

@@ -423,15 +423,11 @@ fn plot_columns(c: &Canvas) -> usize {
 
 impl Plot for TimelinePlot {
     fn render(&self, input: &PlotInput, spec: &PlotSpec) -> Result<PlotReport, PlotError> {
-        let options: TimelineOptions =
-            parse_config(KEY, &crate::merge_options(&self.options, spec)?)
-                .map_err(|e| err(KEY, e.to_string()))?;
+        let options: TimelineOptions = crate::render_options(KEY, &self.options, spec)?;
         let PlotInput::Trace(path) = input else {
             return Err(err(KEY, "needs a power trace (--trace FILE)"));
         };
-        style::register_fonts(KEY)?;
-        let canvas = Canvas::for_spec(KEY, spec)?;
-        let pal = Palette::from_theme(KEY, &spec.theme)?;
+        let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let buckets = options.buckets.unwrap_or_else(|| plot_columns(&canvas));
         if !(2..=1_000_000).contains(&buckets) {
             return Err(err(
