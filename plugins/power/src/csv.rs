@@ -9,7 +9,7 @@
 //! A bad row ends the replay with an error naming the file, line and field.
 
 use epi_framework::power::PowerError;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
 use epi_framework::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceInfo, SourceStats,
 };
@@ -299,12 +299,7 @@ impl PowerSource for CsvReplay {
 }
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
-    let c: CsvConfig = parse_config(KEY, config)?;
-    let source = CsvReplay::new(c).map_err(|e| epi_framework::Error::Plugin {
-        plugin: KEY.into(),
-        message: e.to_string(),
-    })?;
-    Ok(Box::new(source))
+    crate::build_source(KEY, config, CsvReplay::new)
 }
 
 epi_framework::inventory::submit! {

@@ -30,7 +30,7 @@
 
 use crate::host_time::{Arrival, HostClock};
 use epi_framework::power::PowerError;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
 use epi_framework::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
@@ -1394,12 +1394,7 @@ impl PowerSource for EpiMeter {
 }
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
-    let c: EpiMeterConfig = parse_config(KEY, config)?;
-    let source = EpiMeter::new(c).map_err(|e| epi_framework::Error::Plugin {
-        plugin: KEY.into(),
-        message: e.to_string(),
-    })?;
-    Ok(Box::new(source))
+    crate::build_source(KEY, config, EpiMeter::new)
 }
 
 epi_framework::inventory::submit! {

@@ -14,3 +14,23 @@ pub mod rapl;
 pub fn link() {
     std::hint::black_box(module_path!());
 }
+
+/// A registry factory's body: the key's settings parsed into the source's config struct, then the
+/// running source built from it; a build error becomes a plugin error naming the key.
+pub(crate) fn build_source<C, S, E>(
+    key: &str,
+    config: &epi_framework::registry::PluginConfig,
+    new: impl FnOnce(C) -> Result<S, E>,
+) -> Result<Box<dyn epi_framework::power::PowerSource>, epi_framework::Error>
+where
+    C: serde::de::DeserializeOwned,
+    S: epi_framework::power::PowerSource + 'static,
+    E: std::fmt::Display,
+{
+    let c: C = epi_framework::registry::parse_config(key, config)?;
+    let source = new(c).map_err(|e| epi_framework::Error::Plugin {
+        plugin: key.into(),
+        message: e.to_string(),
+    })?;
+    Ok(Box::new(source))
+}

@@ -20,7 +20,7 @@
 
 use crate::host_time::{Arrival, HostClock};
 use epi_framework::power::PowerError;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
 use epi_framework::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
@@ -635,12 +635,7 @@ impl PowerSource for NvmlSource {
 }
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
-    let c: NvmlConfig = parse_config(KEY, config)?;
-    let source = NvmlSource::new(c).map_err(|e| epi_framework::Error::Plugin {
-        plugin: KEY.into(),
-        message: e.to_string(),
-    })?;
-    Ok(Box::new(source))
+    crate::build_source(KEY, config, NvmlSource::new)
 }
 
 epi_framework::inventory::submit! {

@@ -16,7 +16,7 @@
 use crate::host_time::HostClock;
 use epi_framework::energy::CounterUnwrapper;
 use epi_framework::power::PowerError;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
 use epi_framework::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
@@ -579,12 +579,7 @@ fn cpu_model() -> Option<String> {
 }
 
 fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
-    let c: RaplConfig = parse_config(KEY, config)?;
-    let source = Rapl::new(c).map_err(|e| epi_framework::Error::Plugin {
-        plugin: KEY.into(),
-        message: e.to_string(),
-    })?;
-    Ok(Box::new(source))
+    crate::build_source(KEY, config, Rapl::new)
 }
 
 epi_framework::inventory::submit! {
