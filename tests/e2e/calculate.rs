@@ -23,6 +23,13 @@ fn bench_json(dir: &Path, tokens: u64, scores: &[(&str, f64)]) -> std::path::Pat
     p
 }
 
+/// `epi calculate --trace T --benchmark B EXTRA...` in `dir`.
+fn calculate(dir: &Path, trace: &str, benchmark: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["calculate", "--trace", trace, "--benchmark", benchmark];
+    args.extend_from_slice(extra);
+    epi(dir, &args)
+}
+
 fn rel(a: f64, b: f64) -> f64 {
     ((a - b) / b).abs()
 }
@@ -68,18 +75,11 @@ fn known_answer_piecewise_linear_two_nodes_irregular_and_offset() {
         1000,
         &[("mmlu_5shot", 0.6), ("arc_challenge_25shot", 0.4)],
     );
-    let o = epi(
+    let o = calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--json",
-            "--gap-limit-ms",
-            "2000",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--json", "--gap-limit-ms", "2000"],
     );
     let r = json_out(&o);
     let energy = 400.0 + 118.8;
@@ -108,16 +108,11 @@ fn a_gap_is_reported_in_the_result() {
     }
     std::fs::write(dir.path().join("trace.csv"), &s).unwrap();
     bench_json(dir.path(), 100, &[("mmlu_5shot", 0.5)]);
-    let r = json_out(&epi(
+    let r = json_out(&calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--json",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--json"],
     ));
     assert_eq!(r["energy"]["gap_count"], 1);
     assert_eq!(r["energy"]["gaps"][0]["start_ms"], 2000.0);
@@ -143,32 +138,19 @@ fn weights_change_the_composite() {
         10,
         &[("mmlu_5shot", 0.8), ("arc_challenge_25shot", 0.4)],
     );
-    let r = json_out(&epi(
+    let r = json_out(&calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--weights",
-            "mmlu=3,arc_challenge=1",
-            "--json",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--weights", "mmlu=3,arc_challenge=1", "--json"],
     ));
     assert!(rel(r["accuracy_composite"].as_f64().unwrap(), 0.7) < 1e-12);
     assert!(rel(r["epi"].as_f64().unwrap(), 1.0 / 0.7) < 1e-12);
-    let o = epi(
+    let o = calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--weights",
-            "mmlu=1",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--weights", "mmlu=1"],
     );
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
     assert!(
@@ -187,19 +169,11 @@ fn output_file_is_written_and_summary_printed() {
     )
     .unwrap();
     bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
-    let o = epi(
+    let o = calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--model",
-            "override",
-            "--output",
-            "out/epi.json",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--model", "override", "--output", "out/epi.json"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("EPI: 2.0000"), "{}", stdout(&o));
@@ -219,19 +193,11 @@ fn calculate_logs_into_the_results_database() {
     )
     .unwrap();
     bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
-    let o = epi(
+    let o = calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--db",
-            "r.db",
-            "--tags",
-            "a,b",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--db", "r.db", "--tags", "a,b"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -262,16 +228,7 @@ fn bad_inputs_exit_3_naming_file_line_and_field() {
     )
     .unwrap();
     bench_json(dir.path(), 10, &[("mmlu_5shot", 0.5)]);
-    let o = epi(
-        dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-        ],
-    );
+    let o = calculate(dir.path(), "trace.csv", "benchmark.json", &[]);
     assert_eq!(o.status.code(), Some(3));
     assert!(
         stderr(&o).contains("trace.csv:3: watts_rms: expected watts ≥ 0"),
@@ -289,16 +246,7 @@ fn bad_inputs_exit_3_naming_file_line_and_field() {
         "{\n  \"model\": \"m\",\n  \"benchmarks\": {\"mmlu_5shot\": \"high\"}\n}\n",
     )
     .unwrap();
-    let o = epi(
-        dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-        ],
-    );
+    let o = calculate(dir.path(), "trace.csv", "benchmark.json", &[]);
     assert_eq!(o.status.code(), Some(3));
     assert!(
         stderr(&o).contains("benchmark.json:3: benchmarks.mmlu_5shot: invalid type"),
@@ -306,16 +254,7 @@ fn bad_inputs_exit_3_naming_file_line_and_field() {
         stderr(&o)
     );
 
-    let o = epi(
-        dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "missing.csv",
-            "--benchmark",
-            "benchmark.json",
-        ],
-    );
+    let o = calculate(dir.path(), "missing.csv", "benchmark.json", &[]);
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("missing.csv"), "{}", stderr(&o));
 }
@@ -338,16 +277,11 @@ fn config_file_is_read_and_unknown_keys_are_named() {
         "[general]\ndefault_instrument = \"bench meter\"\n\n[benchmarks]\ndefault_weights = { mmlu = 1.0, arc_challenge = 3.0 }\n",
     )
     .unwrap();
-    let r = json_out(&epi(
+    let r = json_out(&calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--json",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--json"],
     ));
     assert!(rel(r["accuracy_composite"].as_f64().unwrap(), 0.5) < 1e-12);
     assert_eq!(r["instrument"], "bench meter");
@@ -356,16 +290,7 @@ fn config_file_is_read_and_unknown_keys_are_named() {
         "[general]\ndefault_instrument = \"x\"\ngap_limit = 5\n",
     )
     .unwrap();
-    let o = epi(
-        dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-        ],
-    );
+    let o = calculate(dir.path(), "trace.csv", "benchmark.json", &[]);
     assert_eq!(o.status.code(), Some(3));
     assert!(
         stderr(&o).contains("epi-bench.toml:3: general.gap_limit: unknown field `gap_limit`"),
@@ -433,16 +358,11 @@ fn matches_the_pandas_reference() {
         String::from_utf8_lossy(&py.stderr)
     );
     let p: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
-    let r = json_out(&epi(
+    let r = json_out(&calculate(
         dir.path(),
-        &[
-            "calculate",
-            "--trace",
-            "trace.csv",
-            "--benchmark",
-            "benchmark.json",
-            "--json",
-        ],
+        "trace.csv",
+        "benchmark.json",
+        &["--json"],
     ));
     for (ours, theirs) in [
         (&r["energy"]["total_joules"], &p["total_joules"]),
