@@ -184,7 +184,8 @@ struct Rec {
 struct NodePart {
     node: u32,
     first: Rec,
-    first_row: usize,
+    /// Line of the channel's first row, within the block.
+    first_line: u64,
     last: Rec,
     samples: u64,
     wms: f64, // energy in W·ms (×2: the ½ of the trapezoid is applied at the end)
@@ -201,8 +202,6 @@ struct Block {
     index: usize,
     /// Lines owned by the block (data and blank).
     lines: u64,
-    /// Line indices (within the block) of blank lines.
-    blanks: Vec<u64>,
     /// First error by line index within the block: (line index, field, message).
     error: Option<(u64, String, String)>,
     io_error: Option<std::io::Error>,
@@ -224,7 +223,6 @@ impl Block {
         Block {
             index,
             lines: 0,
-            blanks: Vec::new(),
             error: None,
             io_error: None,
             rows: 0,
@@ -237,19 +235,6 @@ impl Block {
             local_peak: None,
             boundary: Vec::new(),
         }
-    }
-
-    /// Line index within the block of data row `r`.
-    fn line_of_row(&self, r: usize) -> u64 {
-        let mut line = r as u64;
-        for &b in &self.blanks {
-            if b <= line {
-                line += 1;
-            } else {
-                break;
-            }
-        }
-        line
     }
 
     fn set_error(&mut self, line_idx: u64, field: impl Into<String>, msg: impl Into<String>) {
@@ -391,14 +376,14 @@ pub fn summarize(path: &Path, opts: &TraceOptions) -> Result<TraceSummary, Error
     merger.finish(path, &header)
 }
 
-/// A worker's reusable buffers (no allocation or page faults per block).
+/// A worker's reusable read buffer (no allocation or page faults per block).
 #[derive(Default)]
 struct Scratch {
     buf: Vec<u8>,
-    recs: Vec<Rec>,
 }
 
-/// Reads the lines that start in `[start, end)`, parses them and integrates the block.
+/// Reads the lines that start in `[start, end)`, and parses and integrates each row as it is read
+/// (no row is stored, except the few near the block's edges that the merger needs).
 #[allow(clippy::too_many_arguments)]
 fn process_block(
     file: &File,
@@ -413,40 +398,85 @@ fn process_block(
     max_gaps: usize,
 ) -> Block {
     let mut b = Block::empty(index);
-    let Scratch { buf, recs } = scratch;
-    recs.clear();
-    match mapping {
+    let (padded, data_len, pos, owned_end) = match mapping {
         Some(m) => {
             m.populate(start as usize, end as usize + 4096);
-            parse_mapped(m.data(), header, &mut b, recs, start as usize, end as usize)
-        }
-        None => {
-            if !read_and_parse(file, header, &mut b, buf, recs, start, end, len) {
-                return b;
+            let data = m.data();
+            match first_line_start(data, start as usize, end as usize) {
+                Some(pos) => (data, data.len(), pos, end as usize),
+                None => return b,
             }
         }
-    }
+        None => match read_block(file, &mut scratch.buf, start, end, len) {
+            Ok(Some((pos, owned_end, data_len))) => (&scratch.buf[..], data_len, pos, owned_end),
+            Ok(None) => return b,
+            Err(e) => {
+                b.io_error = Some(e);
+                return b;
+            }
+        },
+    };
+    let last_t = last_row_t(header, &padded[..data_len], pos, owned_end);
     if header.has(super::parse::Column::EnergyCounter) {
-        integrate_block::<true>(&mut b, recs, gap_limit, max_gaps);
+        let mut sink = BlockIntegrator::<true>::new(gap_limit, max_gaps, last_t);
+        parse_lines(padded, data_len, pos, owned_end, header, &mut b, &mut sink);
+        sink.finish(&mut b);
     } else {
-        integrate_block::<false>(&mut b, recs, gap_limit, max_gaps);
+        let mut sink = BlockIntegrator::<false>::new(gap_limit, max_gaps, last_t);
+        parse_lines(padded, data_len, pos, owned_end, header, &mut b, &mut sink);
+        sink.finish(&mut b);
     }
     b
 }
 
-/// Fills `recs` from a `pread` of the block (for inputs that cannot be mapped); false on an I/O
-/// error (recorded in the block).
-#[allow(clippy::too_many_arguments)]
-fn read_and_parse(
+/// The first line that starts in `[start, end)` of `data` (a line starts at 0 or after a `\n`).
+fn first_line_start(data: &[u8], start: usize, end: usize) -> Option<usize> {
+    if start == 0 || data[start - 1] == b'\n' {
+        return Some(start);
+    }
+    match memchr::memchr(b'\n', &data[start..end]) {
+        Some(p) if start + p + 1 < end => Some(start + p + 1),
+        _ => None,
+    }
+}
+
+/// The timestamp of the last data row among the lines of `data` that start in `[pos, owned_end)`,
+/// read before the block is integrated (the integrator needs to know where the block ends); NaN
+/// when that row cannot be read here (the general parser then reports it in order).
+fn last_row_t(header: &Header, data: &[u8], pos: usize, owned_end: usize) -> f64 {
+    let mut line_end = memchr::memchr(b'\n', &data[owned_end.saturating_sub(1).max(pos)..])
+        .map(|p| owned_end.saturating_sub(1).max(pos) + p)
+        .unwrap_or(data.len());
+    // Step back over blank lines (a few at most; more and the block is treated as short).
+    for _ in 0..4 {
+        let line_start = match memchr::memrchr(b'\n', &data[pos..line_end]) {
+            Some(p) => pos + p + 1,
+            None => pos,
+        };
+        let line = &data[line_start..line_end];
+        if line.is_empty() || line == b"\r" {
+            if line_start == pos {
+                return f64::NAN;
+            }
+            line_end = line_start - 1;
+            continue;
+        }
+        return parse_row(header, line).map_or(f64::NAN, |r| r.t_ms);
+    }
+    f64::NAN
+}
+
+/// Reads the block `[start, end)` with positional reads into `buf`, plus the rest of its last
+/// line and zeroed padding after it (so the SIMD fast path can always read its window). Returns
+/// (first line start, end of the owned range, data length) in `buf`, or `None` when no line
+/// starts in the block.
+fn read_block(
     file: &File,
-    header: &Header,
-    b: &mut Block,
     buf: &mut Vec<u8>,
-    recs: &mut Vec<Rec>,
     start: u64,
     end: u64,
     len: u64,
-) -> bool {
+) -> std::io::Result<Option<(usize, usize, usize)>> {
     // Read one byte before `start` to know whether `start` begins a line.
     let read_from = start.saturating_sub(1);
     let need = (end - read_from) as usize;
@@ -454,10 +484,7 @@ fn read_and_parse(
         buf.resize(need, 0);
     }
     buf.truncate(need);
-    if let Err(e) = file.read_exact_at(&mut buf[..], read_from) {
-        b.io_error = Some(e);
-        return false;
-    }
+    file.read_exact_at(&mut buf[..], read_from)?;
     let pos = if start == read_from {
         0
     } else if buf[0] == b'\n' {
@@ -465,51 +492,47 @@ fn read_and_parse(
     } else {
         match memchr::memchr(b'\n', &buf[1..]) {
             Some(p) => p + 2,
-            None => return true, // no line starts in this block
+            None => return Ok(None),
         }
     };
     let owned_end = buf.len(); // lines starting before this index are ours
-    if pos < owned_end {
-        let mut file_pos = end;
-        while file_pos < len && buf.last() != Some(&b'\n') {
-            let more = (len - file_pos).min(64 * 1024) as usize;
-            let old = buf.len();
-            buf.resize(old + more, 0);
-            if let Err(e) = file.read_exact_at(&mut buf[old..], file_pos) {
-                b.io_error = Some(e);
-                return false;
-            }
-            file_pos += more as u64;
-            if let Some(p) = memchr::memchr(b'\n', &buf[old..]) {
-                buf.truncate(old + p + 1);
-                break;
-            }
+    if pos >= owned_end {
+        return Ok(None);
+    }
+    let mut file_pos = end;
+    while file_pos < len && buf.last() != Some(&b'\n') {
+        let more = (len - file_pos).min(64 * 1024) as usize;
+        let old = buf.len();
+        buf.resize(old + more, 0);
+        file.read_exact_at(&mut buf[old..], file_pos)?;
+        file_pos += more as u64;
+        if let Some(p) = memchr::memchr(b'\n', &buf[old..]) {
+            buf.truncate(old + p + 1);
+            break;
         }
     }
-    // Zeroed padding after the data, so the SIMD fast path can always read its window.
     let data_len = buf.len();
     buf.resize(data_len + super::parse::SIMD_PADDING, 0);
-    parse_lines(buf, data_len, pos, owned_end, header, b, recs);
-    true
+    Ok(Some((pos, owned_end, data_len)))
 }
 
-/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)`, with the code
-/// compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling of
-/// the fast path cheaper; the result is the same).
-fn parse_lines(
+/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)` into `sink`, with the
+/// code compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling
+/// of the fast path cheaper; the result is the same).
+fn parse_lines<const COUNTER: bool>(
     padded: &[u8],
     data_len: usize,
     pos: usize,
     owned_end: usize,
     header: &Header,
     b: &mut Block,
-    recs: &mut Vec<Rec>,
+    sink: &mut BlockIntegrator<COUNTER>,
 ) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::fast_x86::available() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
-            unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, recs) };
+            unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, sink) };
             return;
         }
     }
@@ -520,21 +543,21 @@ fn parse_lines(
         owned_end,
         header,
         b,
-        recs,
+        sink,
         super::parse::parse_canonical_at,
     )
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3")]
-unsafe fn parse_lines_x86_v3(
+unsafe fn parse_lines_x86_v3<const COUNTER: bool>(
     padded: &[u8],
     data_len: usize,
     pos: usize,
     owned_end: usize,
     header: &Header,
     b: &mut Block,
-    recs: &mut Vec<Rec>,
+    sink: &mut BlockIntegrator<COUNTER>,
 ) {
     parse_lines_generic(
         padded,
@@ -543,39 +566,45 @@ unsafe fn parse_lines_x86_v3(
         owned_end,
         header,
         b,
-        recs,
+        sink,
         // SAFETY: this function only runs where `fast_x86::available()`.
-        |buf, at| unsafe { super::fast_x86::parse_canonical_at(buf, at) },
+        |buf, at| unsafe { super::fast_x86::parse_canonical_inline(buf, at) },
     )
 }
 
-/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)`. The SIMD fast path
-/// is used wherever `padded` has its padding after the line start.
+/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)` into `sink`. The
+/// SIMD fast path is used wherever `padded` has its padding after the line start. Stops at the
+/// first error (recorded in `b`, or in the sink for errors it finds).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn parse_lines_generic(
+fn parse_lines_generic<const COUNTER: bool>(
     padded: &[u8],
     data_len: usize,
     mut pos: usize,
     owned_end: usize,
     header: &Header,
     b: &mut Block,
-    recs: &mut Vec<Rec>,
+    sink: &mut BlockIntegrator<COUNTER>,
     fast: impl Fn(&[u8], usize) -> Option<(f64, u32, f64, usize)>,
 ) {
     let canonical = super::parse::is_canonical(header);
     let data = &padded[..data_len];
+    let mut line_idx = 0u64;
     while pos < owned_end {
         if canonical {
             if let Some((t, node, w, n)) = fast(padded, pos) {
-                recs.push(Rec {
+                pos += n + 1;
+                let rec = Rec {
                     t,
                     w,
                     e: f64::NAN,
                     node,
-                });
-                b.lines += 1;
-                pos += n + 1;
+                };
+                let go_on = sink.row(line_idx, rec);
+                line_idx += 1;
+                if !go_on {
+                    break;
+                }
                 continue;
             }
         }
@@ -583,11 +612,10 @@ fn parse_lines_generic(
             .map(|p| pos + p)
             .unwrap_or(data.len());
         let line = &data[pos..nl];
-        let line_idx = b.lines;
-        b.lines += 1;
+        let this_line = line_idx;
+        line_idx += 1;
         pos = nl + 1;
         if line.is_empty() || line == b"\r" {
-            b.blanks.push(line_idx);
             continue;
         }
         let parsed = if nl == data.len() && data.last() != Some(&b'\n') {
@@ -597,38 +625,24 @@ fn parse_lines_generic(
             parse_row(header, line)
         };
         match parsed {
-            Ok(r) => recs.push(Rec {
-                t: r.t_ms,
-                w: r.watts,
-                e: r.energy_j.unwrap_or(f64::NAN),
-                node: r.node,
-            }),
+            Ok(r) => {
+                let rec = Rec {
+                    t: r.t_ms,
+                    w: r.watts,
+                    e: r.energy_j.unwrap_or(f64::NAN),
+                    node: r.node,
+                };
+                if !sink.row(this_line, rec) {
+                    break;
+                }
+            }
             Err(e) => {
-                b.set_error(line_idx, e.field, e.message);
+                b.set_error(this_line, e.field, e.message);
                 break;
             }
         }
     }
-}
-
-/// The lines starting in `[start, end)` of a memory-mapped file.
-fn parse_mapped(
-    data: &[u8],
-    header: &Header,
-    b: &mut Block,
-    recs: &mut Vec<Rec>,
-    start: usize,
-    end: usize,
-) {
-    let pos = if start == 0 || data[start - 1] == b'\n' {
-        start
-    } else {
-        match memchr::memchr(b'\n', &data[start..]) {
-            Some(p) if start + p + 1 < end => start + p + 1,
-            _ => return, // no line starts in this block
-        }
-    };
-    parse_lines(data, data.len(), pos, end, header, b, recs);
+    b.lines = line_idx;
 }
 
 /// A read-only memory map of the whole trace. Pages are dropped from the process (not from the
@@ -691,8 +705,9 @@ impl Mapping {
         }
         // Ask for the next few MiB to be read ahead (a no-op where they are cached already), so
         // a file partly evicted from the page cache is not read one block at a time.
+        // Only the newest MiB of that window: each page is looked up once, not eight times.
         let ahead_end = (end + (8 << 20)).min(self.len);
-        let ahead_start = end.div_ceil(page) * page;
+        let ahead_start = (end + (7 << 20)).div_ceil(page) * page;
         if ahead_end > ahead_start {
             // SAFETY: as above.
             unsafe {
@@ -736,7 +751,7 @@ impl NodeIndex {
             big: BTreeMap::new(),
         }
     }
-    #[inline]
+    #[inline(always)]
     fn get_or_insert(&mut self, node: u32, next: usize) -> (usize, bool) {
         if (node as usize) < 4096 {
             let i = node as usize;
@@ -773,98 +788,179 @@ struct Hot {
     samples: u64,
 }
 
-/// Integrates a block. `COUNTER`: the file has an energy counter column (else every `e` is NaN
-/// and the counter checks are compiled out).
-fn integrate_block<const COUNTER: bool>(
-    b: &mut Block,
-    recs: &[Rec],
+/// Integrates one block's rows in file order as they are parsed. `COUNTER`: the file has an
+/// energy counter column (else every `e` is NaN and the counter checks are compiled out).
+///
+/// Each channel's trapezoids, coverage and gaps are summed here; the cluster peak is swept over
+/// the block's interior instants, and the rows near the block's edges are handed to the merger,
+/// which joins neighbouring blocks.
+struct BlockIntegrator<const COUNTER: bool> {
     gap_limit: f64,
     max_gaps: usize,
-) {
-    let Some(first) = recs.first() else { return };
-    let last_t = recs[recs.len() - 1].t;
-    b.first_t = first.t;
-    b.last_t = last_t;
-    b.rows = recs.len() as u64;
-    let span = last_t - first.t;
-    let short = span.is_nan() || span <= 5.0 * gap_limit || !gap_limit.is_finite();
-    let (inner_lo, inner_hi) = (first.t + gap_limit, last_t - gap_limit);
-    let (edge_lo, edge_hi) = (first.t + 2.0 * gap_limit, last_t - 2.0 * gap_limit);
-    let mut sweep = PeakSweep::new(
-        gap_limit,
-        if short {
-            None
-        } else {
-            Some((inner_lo, inner_hi))
-        },
-    );
-    let mut idx = NodeIndex::new();
-    let mut parts: Vec<NodePart> = Vec::new();
-    let mut hot: Vec<Hot> = Vec::new();
-    let mut prev_t = f64::NEG_INFINITY;
-    let mut sorted = true;
-    let mut failed = false;
-    for (row, r) in recs.iter().enumerate() {
-        sorted &= r.t >= prev_t;
-        prev_t = r.t;
-        let (i, new) = idx.get_or_insert(r.node, parts.len());
+    /// Timestamp of the block's last row, read before the block (NaN: unknown, the block is
+    /// then handled as a short one).
+    last_t: f64,
+    rows: u64,
+    first_t: f64,
+    /// All rows go to the merger (a block spanning few gap limits, or an unknown end).
+    short: bool,
+    edge_lo: f64,
+    edge_hi: f64,
+    idx: NodeIndex,
+    parts: Vec<NodePart>,
+    hot: Vec<Hot>,
+    prev_t: f64,
+    sorted: bool,
+    min_t: f64,
+    max_t: f64,
+    sweep: PeakSweep,
+    boundary: Vec<Rec>,
+    error: Option<(u64, &'static str, String)>,
+}
+
+impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
+    fn new(gap_limit: f64, max_gaps: usize, last_t: f64) -> Self {
+        BlockIntegrator {
+            gap_limit,
+            max_gaps,
+            last_t,
+            rows: 0,
+            first_t: f64::NAN,
+            short: true,
+            edge_lo: f64::NAN,
+            edge_hi: f64::NAN,
+            idx: NodeIndex::new(),
+            parts: Vec::new(),
+            hot: Vec::new(),
+            prev_t: f64::NEG_INFINITY,
+            sorted: true,
+            min_t: f64::INFINITY,
+            max_t: f64::NEG_INFINITY,
+            sweep: PeakSweep::new(gap_limit, None),
+            boundary: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Sets up the edges from the first row's timestamp and the block's last.
+    #[cold]
+    fn begin(&mut self, t: f64) {
+        let gap = self.gap_limit;
+        let span = self.last_t - t;
+        self.first_t = t;
+        self.short = span.is_nan() || span <= 5.0 * gap || !gap.is_finite();
+        self.edge_lo = t + 2.0 * gap;
+        self.edge_hi = self.last_t - 2.0 * gap;
+        if !self.short {
+            self.sweep.accept = Some((t + gap, self.last_t - gap));
+        }
+    }
+
+    /// The first row out of order: from here on the extremes are tracked row by row.
+    #[cold]
+    fn out_of_order(&mut self, t: f64) {
+        if self.sorted {
+            self.sorted = false;
+            self.min_t = self.first_t;
+            self.max_t = self.prev_t;
+        }
+        self.min_t = self.min_t.min(t);
+        self.max_t = self.max_t.max(t);
+    }
+
+    #[cold]
+    fn new_channel(&mut self, line: u64, r: Rec) {
+        self.parts.push(NodePart {
+            node: r.node,
+            first: r,
+            first_line: line,
+            last: r,
+            samples: 1,
+            wms: 0.0,
+            covered: 0.0,
+            gaps: 0,
+            gap_list: Vec::new(),
+            max_dt: 0.0,
+            peak_w: r.w,
+            counter_all: !r.e.is_nan(),
+        });
+        self.hot.push(Hot {
+            last_t: r.t,
+            last_w: r.w,
+            wms: 0.0,
+            covered: 0.0,
+            max_dt: 0.0,
+            peak_w: r.w,
+            samples: 1,
+        });
+    }
+
+    #[cold]
+    fn gap(&mut self, i: usize, r: Rec, from: f64) {
+        let p = &mut self.parts[i];
+        p.gaps += 1;
+        if p.gap_list.len() < self.max_gaps {
+            p.gap_list.push(Gap {
+                node_id: r.node,
+                start_ms: from,
+                end_ms: r.t,
+            });
+        }
+    }
+
+    #[cold]
+    fn fail(&mut self, line: u64, field: &'static str, msg: String) -> bool {
+        self.error = Some((line, field, msg));
+        false
+    }
+
+    /// Takes the row on line `line` (within the block); false when it is an error (recorded).
+    #[inline(always)]
+    fn row(&mut self, line: u64, r: Rec) -> bool {
+        if self.rows == 0 {
+            self.begin(r.t);
+        }
+        self.rows += 1;
+        if !self.sorted || r.t < self.prev_t {
+            self.out_of_order(r.t);
+        }
+        self.prev_t = r.t;
+        let (i, new) = self.idx.get_or_insert(r.node, self.parts.len());
         if new {
-            parts.push(NodePart {
-                node: r.node,
-                first: *r,
-                first_row: row,
-                last: *r,
-                samples: 1,
-                wms: 0.0,
-                covered: 0.0,
-                gaps: 0,
-                gap_list: Vec::new(),
-                max_dt: 0.0,
-                peak_w: r.w,
-                counter_all: !r.e.is_nan(),
-            });
-            hot.push(Hot {
-                last_t: r.t,
-                last_w: r.w,
-                wms: 0.0,
-                covered: 0.0,
-                max_dt: 0.0,
-                peak_w: r.w,
-                samples: 1,
-            });
+            self.new_channel(line, r);
         } else {
-            let h = &mut hot[i];
-            let dt = r.t - h.last_t;
+            let gap_limit = self.gap_limit;
+            let Some(h) = self.hot.get_mut(i) else {
+                unreachable!("the node index hands out indices of existing channels")
+            };
+            let last_t = h.last_t;
+            let dt = r.t - last_t;
             if dt < 0.0 {
                 let msg = format!(
                     "{} is earlier than node {}'s previous sample at {} ms; expected timestamps that never decrease within a node",
-                    r.t, r.node, h.last_t
+                    r.t, r.node, last_t
                 );
-                b.set_error(b.line_of_row(row), "timestamp_ms", msg);
-                failed = true;
-                break;
+                return self.fail(line, "timestamp_ms", msg);
             }
             h.wms += dt * (r.w + h.last_w);
-            if dt > gap_limit {
-                let p = &mut parts[i];
-                p.gaps += 1;
-                if p.gap_list.len() < max_gaps {
-                    p.gap_list.push(Gap {
-                        node_id: r.node,
-                        start_ms: h.last_t,
-                        end_ms: r.t,
-                    });
-                }
-            } else {
+            let is_gap = dt > gap_limit;
+            if !is_gap {
                 h.covered += dt;
             }
-            h.max_dt = h.max_dt.max(dt);
-            h.peak_w = h.peak_w.max(r.w);
+            if dt > h.max_dt {
+                h.max_dt = dt;
+            }
+            if r.w > h.peak_w {
+                h.peak_w = r.w;
+            }
             h.samples += 1;
             h.last_t = r.t;
             h.last_w = r.w;
+            if is_gap {
+                self.gap(i, r, last_t);
+            }
             if COUNTER {
-                let p = &mut parts[i];
+                let p = &mut self.parts[i];
                 if p.counter_all {
                     if r.e.is_nan() {
                         p.counter_all = false;
@@ -873,46 +969,73 @@ fn integrate_block<const COUNTER: bool>(
                             "energy counter of node {} went down from {} J to {} J; expected a cumulative counter",
                             r.node, p.last.e, r.e
                         );
-                        b.set_error(b.line_of_row(row), "energy_j", msg);
-                        failed = true;
-                        break;
+                        return self.fail(line, "energy_j", msg);
                     }
                 }
                 p.last.e = r.e;
             }
         }
-        if sorted && !short {
-            sweep.push_dense(i, r.t, r.w);
+        if !self.short {
+            if self.sorted {
+                self.sweep.push_sorted(i, r.t, r.w);
+            }
+            if r.t < self.edge_lo || r.t > self.edge_hi {
+                self.boundary.push(r);
+            }
+        } else {
+            self.boundary.push(r);
         }
-        if short || r.t < edge_lo || r.t > edge_hi {
-            b.boundary.push(*r);
+        true
+    }
+
+    /// Writes the block's results into `b`.
+    fn finish(self, b: &mut Block) {
+        let BlockIntegrator {
+            rows,
+            first_t,
+            short,
+            mut parts,
+            hot,
+            prev_t,
+            sorted,
+            min_t,
+            max_t,
+            sweep,
+            boundary,
+            error,
+            ..
+        } = self;
+        if let Some((line, field, msg)) = error {
+            b.set_error(line, field, msg);
         }
-    }
-    for (p, h) in parts.iter_mut().zip(&hot) {
-        p.wms = h.wms;
-        p.covered = h.covered;
-        p.max_dt = h.max_dt;
-        p.peak_w = h.peak_w;
-        p.samples = h.samples;
-        p.last.t = h.last_t;
-        p.last.w = h.last_w;
-    }
-    b.sorted = sorted;
-    if sorted {
-        b.min_t = first.t;
-        b.max_t = prev_t;
-    } else {
-        for r in recs {
-            b.min_t = b.min_t.min(r.t);
-            b.max_t = b.max_t.max(r.t);
+        if rows == 0 {
+            return;
         }
-    }
-    b.parts = parts;
-    if failed {
-        return;
-    }
-    if sorted && !short {
-        b.local_peak = sweep.finish_opt();
+        for (p, h) in parts.iter_mut().zip(&hot) {
+            p.wms = h.wms;
+            p.covered = h.covered;
+            p.max_dt = h.max_dt;
+            p.peak_w = h.peak_w;
+            p.samples = h.samples;
+            p.last.t = h.last_t;
+            p.last.w = h.last_w;
+        }
+        b.rows = rows;
+        b.first_t = first_t;
+        b.last_t = prev_t;
+        b.sorted = sorted;
+        if sorted {
+            b.min_t = first_t;
+            b.max_t = prev_t;
+        } else {
+            b.min_t = min_t;
+            b.max_t = max_t;
+        }
+        b.parts = parts;
+        b.boundary = boundary;
+        if b.error.is_none() && sorted && !short {
+            b.local_peak = sweep.finish_opt();
+        }
     }
 }
 
@@ -980,7 +1103,7 @@ impl<'a> Merger<'a> {
                 }
                 Some(acc) => {
                     let dt = part.first.t - acc.last.t;
-                    let line = b.line_of_row(part.first_row);
+                    let line = part.first_line;
                     if dt < 0.0 {
                         note(
                             line,
@@ -1255,12 +1378,34 @@ impl PeakSweep {
             self.unsorted = true;
             return;
         }
-        if c >= self.prev.len() {
-            self.prev.resize(c + 1, None);
-        }
+        self.push_sorted(c, t, w);
+    }
+
+    /// `push_dense` for a caller that feeds timestamps that never decrease.
+    #[inline(always)]
+    fn push_sorted(&mut self, c: usize, t: f64, w: f64) {
         if t > self.group_t {
             self.close_group();
             self.group_t = t;
+        }
+        // The common case: a channel's first sample at this instant, nothing waiting.
+        let bit = 1u64 << (c & 63);
+        if c < 64 && c < self.prev.len() && self.group_bits & bit == 0 && self.pending.is_empty() {
+            self.group_bits |= bit;
+            self.group_len += 1;
+            self.group_sum += w;
+            self.prev[c] = Some((t, w));
+            return;
+        }
+        self.push_general(c, t, w);
+    }
+
+    /// The rest of `push_sorted`: a new channel, a duplicate timestamp, waiting instants, or a
+    /// channel index beyond 63.
+    #[inline(never)]
+    fn push_general(&mut self, c: usize, t: f64, w: f64) {
+        if c >= self.prev.len() {
+            self.prev.resize(c + 1, None);
         }
         // Resolve instants waiting for this channel's next sample.
         if !self.pending.is_empty() {
