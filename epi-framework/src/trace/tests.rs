@@ -188,6 +188,10 @@ fn block_boundaries_and_thread_counts_do_not_change_results() {
         (3, 5000, false),
         (8, 65_536, true),
         (2, 7777, false),
+        // Blocks larger than one positional read: lines cut between reads.
+        (1, 1 << 30, false),
+        (2, 1 << 20, false),
+        (2, 300_001, false),
     ] {
         let other = summarize(
             &p,
@@ -366,12 +370,12 @@ fn errors_deep_in_a_multi_block_file_name_the_right_line() {
         s += &row(50_010.0 + i as f64 * 10.0, 0, 1.0);
     }
     let p = write(&dir, "t.csv", &s);
-    for mmap in [true, false] {
+    for (mmap, block) in [(true, 4096), (false, 4096), (false, 1 << 30)] {
         let e = summarize(
             &p,
             &TraceOptions {
                 threads: 4,
-                block_bytes: 4096,
+                block_bytes: block,
                 mmap,
                 ..Default::default()
             },
@@ -379,6 +383,63 @@ fn errors_deep_in_a_multi_block_file_name_the_right_line() {
         .unwrap_err()
         .to_string();
         assert!(e.contains("t.csv:5002: power_factor"), "{e}");
+    }
+}
+
+#[test]
+fn blank_and_crlf_lines_between_positional_reads_are_handled() {
+    // A file several reads long, with CRLF rows and blank lines scattered through it, and an error
+    // far into it: every layout of blocks and reads gives the same results and the same line.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEADER);
+    let mut line = 1;
+    for i in 0..30_000 {
+        let t = i as f64 * 20.0;
+        for n in 0..3u32 {
+            let w = 5.0 + ((i * 13 + n as usize * 5) % 97) as f64 / 10.0;
+            if i % 997 == n as usize {
+                s += "\r\n";
+                line += 1;
+            }
+            if i % 1231 == 0 {
+                s += &format!("{t},{n},{w:.3},121.3,0.05,0.997\r\n");
+            } else {
+                s += &row(t, n, w);
+            }
+            line += 1;
+        }
+    }
+    let good = write(&dir, "good.csv", &s);
+    let bad_line = line + 1;
+    s += "600000,0,-1,121.3,0.05,0.997\n";
+    let bad = write(&dir, "bad.csv", &s);
+    let one = summarize(
+        &good,
+        &TraceOptions {
+            threads: 1,
+            block_bytes: 1 << 30,
+            mmap: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(one.samples, 90_000);
+    for (threads, block, mmap) in [(1, 1 << 30, false), (2, 1 << 20, false), (2, 4 << 20, true)] {
+        let opts = TraceOptions {
+            threads,
+            block_bytes: block,
+            mmap,
+            ..Default::default()
+        };
+        let other = summarize(&good, &opts).unwrap();
+        assert_eq!(other.samples, one.samples);
+        assert!(rel(other.total_joules(), one.total_joules()) < 1e-12);
+        assert_eq!(
+            (other.peak_watts, other.peak_at_ms),
+            (one.peak_watts, one.peak_at_ms)
+        );
+        let e = summarize(&bad, &opts).unwrap_err().to_string();
+        assert!(e.contains(&format!("bad.csv:{bad_line}: watts_rms")), "{e}");
     }
 }
 
