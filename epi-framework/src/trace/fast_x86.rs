@@ -40,24 +40,29 @@ const fn build_shuffles() -> [[u8; 16]; 256] {
     t
 }
 
-/// The digits of the field at `p` (`n` bytes, 1..=15, dot at `d`, or `d == n` for none) as an
-/// integer.
+/// The digits of two fields as integers, one field per 128-bit lane: the field at `pa` (`na`
+/// bytes, 1..=15, dot at `da`, or `da == na` for none) and the one at `pb`. The values are the
+/// 64-bit elements 0 and 2 of the result.
 ///
 /// # Safety
-/// `p..p + 16` must be readable; the CPU must have SSE4.1 and SSSE3. (Not a `target_feature`
-/// function, so that it inlines into its caller, which has the features.)
+/// `pa..pa + 16` and `pb..pb + 16` must be readable; the CPU must have AVX2 (inlined into a
+/// caller that has it).
 #[inline(always)]
-unsafe fn field_digits(p: *const u8, n: u32, d: u32) -> u64 {
-    let raw = _mm_loadu_si128(p as *const __m128i);
-    let v = _mm_sub_epi8(raw, _mm_set1_epi8(b'0' as i8));
-    let mask = _mm_loadu_si128(SHUFFLE[((n << 4) | d) as usize & 255].as_ptr() as *const __m128i);
-    let digits = _mm_shuffle_epi8(v, mask);
-    let pairs = _mm_maddubs_epi16(digits, _mm_set1_epi16(0x010A)); // d0*10 + d1
-    let quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x0001_0064)); // p0*100 + p1
-    let packed = _mm_packus_epi32(quads, quads);
-    let eights = _mm_madd_epi16(packed, _mm_set1_epi32(0x0001_2710)); // q0*10000 + q1
-    let both = _mm_cvtsi128_si64(eights) as u64;
-    (both & 0xFFFF_FFFF) * 100_000_000 + (both >> 32)
+unsafe fn field_pair(pa: *const u8, na: u32, da: u32, pb: *const u8, nb: u32, db: u32) -> __m256i {
+    let raw = _mm256_loadu2_m128i(pb as *const __m128i, pa as *const __m128i);
+    let v = _mm256_sub_epi8(raw, _mm256_set1_epi8(b'0' as i8));
+    let mask = _mm256_loadu2_m128i(
+        SHUFFLE[((nb << 4) | db) as usize & 255].as_ptr() as *const __m128i,
+        SHUFFLE[((na << 4) | da) as usize & 255].as_ptr() as *const __m128i,
+    );
+    let digits = _mm256_shuffle_epi8(v, mask);
+    let pairs = _mm256_maddubs_epi16(digits, _mm256_set1_epi16(0x010A)); // d0*10 + d1
+    let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi32(0x0001_0064)); // p0*100 + p1
+    let packed = _mm256_packus_epi32(quads, quads);
+    let eights = _mm256_madd_epi16(packed, _mm256_set1_epi32(0x0001_2710)); // q0*10000 + q1
+                                                                            // Each 64-bit element: the first eight digits' value (low half) and the last eight's.
+    let high = _mm256_mul_epu32(eights, _mm256_set1_epi64x(100_000_000));
+    _mm256_add_epi64(high, _mm256_srli_epi64::<32>(eights))
 }
 
 /// Bitmasks of the 64 bytes at `p`: (newline, comma, dot, digit).
@@ -151,28 +156,36 @@ pub(super) unsafe fn parse_canonical_inline(
     let wd = (dot >> (c1 + 1)).trailing_zeros().min(wn);
     let pd = (dot >> (c4 + 1)).trailing_zeros().min(pn);
     let frac = |n: u32, d: u32| if d == n { 0 } else { (n - 1 - d) as usize };
-    let pf = field_digits(p.add(c4 as usize + 1), pn, pd);
+    let node_pf = field_pair(
+        p.add(c0 as usize + 1),
+        nn,
+        nn,
+        p.add(c4 as usize + 1),
+        pn,
+        pd,
+    );
+    let pf = _mm256_extract_epi64::<2>(node_pf) as u64;
     if pf > POW10_INT[frac(pn, pd)] {
         return None;
     }
-    let node = field_digits(p.add(c0 as usize + 1), nn, nn);
-    let t = field_digits(p, tn, td);
-    let w = field_digits(p.add(c1 as usize + 1), wn, wd);
+    let node = _mm256_extract_epi64::<0>(node_pf) as u64;
+    // Timestamp and watts: both mantissas (below 2^52) to f64 exactly, then one two-lane
+    // division by their powers of ten (correctly rounded, as the general parser's).
+    let tw = field_pair(p, tn, td, p.add(c1 as usize + 1), wn, wd);
+    let two52 = _mm256_set1_pd(4_503_599_627_370_496.0);
+    let f = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(tw, _mm256_castpd_si256(two52))),
+        two52,
+    );
+    let tw = _mm256_castpd256_pd128(_mm256_permute4x64_pd::<0b10_00>(f));
+    let scale = _mm_set_pd(POW10[frac(wn, wd)], POW10[frac(tn, td)]);
+    let q = _mm_div_pd(tw, scale);
     Some((
-        value(t, frac(tn, td)),
+        _mm_cvtsd_f64(q),
         node as u32,
-        value(w, frac(wn, wd)),
+        _mm_cvtsd_f64(_mm_unpackhi_pd(q, q)),
         len as usize,
     ))
-}
-
-#[inline(always)]
-fn value(mant: u64, frac: usize) -> f64 {
-    if frac == 0 {
-        mant as f64
-    } else {
-        mant as f64 / POW10[frac]
-    }
 }
 
 /// Whether this CPU can run [`parse_canonical_at`].
