@@ -160,8 +160,9 @@ fn weights_change_the_composite() {
     );
 }
 
-#[test]
-fn output_file_is_written_and_summary_printed() {
+/// A directory with `trace.csv` (one node, 10 W then 12 W one second later: 11 J) and
+/// `benchmark.json` (11 tokens, accuracy 0.5), so EPI is exactly 2.
+fn one_node_one_second() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("trace.csv"),
@@ -169,6 +170,12 @@ fn output_file_is_written_and_summary_printed() {
     )
     .unwrap();
     bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
+    dir
+}
+
+#[test]
+fn output_file_is_written_and_summary_printed() {
+    let dir = one_node_one_second();
     let o = calculate(
         dir.path(),
         "trace.csv",
@@ -186,13 +193,7 @@ fn output_file_is_written_and_summary_printed() {
 
 #[test]
 fn calculate_logs_into_the_results_database() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("trace.csv"),
-        format!("{HEADER}0,0,10,230,0.04,0.99\n1000,0,12,230,0.05,0.99\n"),
-    )
-    .unwrap();
-    bench_json(dir.path(), 11, &[("hellaswag_10shot", 0.5)]);
+    let dir = one_node_one_second();
     let o = calculate(
         dir.path(),
         "trace.csv",
