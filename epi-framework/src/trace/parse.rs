@@ -793,7 +793,7 @@ mod simd_tests {
             let t = (x >> 40) % 100_000_000;
             let node = (x >> 20) % 7;
             let w = format!("{}.{:03}", (x >> 30) % 100, (x >> 10) % 1000);
-            let pf = if x % 11 == 0 {
+            let pf = if x.is_multiple_of(11) {
                 "1".to_string()
             } else {
                 format!("0.{:04}", (x >> 5) % 10_000)

@@ -638,6 +638,11 @@ fn parse_lines<const COUNTER: bool>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if super::fast_x86::available_avx512() {
+            // SAFETY: the CPU has every feature the function is compiled for (checked above).
+            unsafe { parse_lines_x86_v4(padded, data_len, pos, owned_end, header, b, sink) };
+            return;
+        }
         if super::fast_x86::available() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
             unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, sink) };
@@ -652,8 +657,54 @@ fn parse_lines<const COUNTER: bool>(
         header,
         b,
         sink,
-        super::parse::parse_canonical_at,
+        &mut PortableLines,
     )
+}
+
+/// Reads one canonical line: `(timestamp, node, watts, line length)`, or `None` for a line the
+/// general parser must read. Implementations are inlined into the parse loop.
+trait CanonicalLines {
+    fn parse(&mut self, buf: &[u8], pos: usize) -> Option<(f64, u32, f64, usize)>;
+}
+
+/// The portable canonical-line parser.
+struct PortableLines;
+
+impl CanonicalLines for PortableLines {
+    #[inline(always)]
+    fn parse(&mut self, buf: &[u8], pos: usize) -> Option<(f64, u32, f64, usize)> {
+        super::parse::parse_canonical_at(buf, pos)
+    }
+}
+
+/// The SIMD canonical-line parser, with its cache of line shapes, classifying with `C`; only
+/// made (by [`SimdLines::new`]) in functions compiled for `C`'s features, where the CPU has them.
+#[cfg(target_arch = "x86_64")]
+struct SimdLines<C> {
+    shapes: super::fast_x86::ShapeCache,
+    classify: std::marker::PhantomData<C>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<C: super::fast_x86::Classify> SimdLines<C> {
+    /// # Safety
+    /// The CPU must have `C`'s features, and the value may only be used in functions compiled
+    /// for them.
+    unsafe fn new() -> Self {
+        SimdLines {
+            shapes: super::fast_x86::ShapeCache::new(),
+            classify: std::marker::PhantomData,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<C: super::fast_x86::Classify> CanonicalLines for SimdLines<C> {
+    #[inline(always)]
+    fn parse(&mut self, buf: &[u8], pos: usize) -> Option<(f64, u32, f64, usize)> {
+        // SAFETY: a `SimdLines<C>` exists only where the CPU has `C`'s features (see `new`).
+        unsafe { self.shapes.parse::<C>(buf, pos) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -676,7 +727,31 @@ unsafe fn parse_lines_x86_v3<const COUNTER: bool>(
         b,
         sink,
         // SAFETY: this function only runs where `fast_x86::available()`.
-        |buf, at| unsafe { super::fast_x86::parse_canonical_inline(buf, at) },
+        &mut unsafe { SimdLines::<super::fast_x86::Avx2>::new() },
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3")]
+unsafe fn parse_lines_x86_v4<const COUNTER: bool>(
+    padded: &[u8],
+    data_len: usize,
+    pos: usize,
+    owned_end: usize,
+    header: &Header,
+    b: &mut Block,
+    sink: &mut BlockIntegrator<COUNTER>,
+) {
+    parse_lines_generic(
+        padded,
+        data_len,
+        pos,
+        owned_end,
+        header,
+        b,
+        sink,
+        // SAFETY: this function only runs where `fast_x86::available_avx512()`.
+        &mut unsafe { SimdLines::<super::fast_x86::Avx512>::new() },
     )
 }
 
@@ -693,14 +768,20 @@ fn parse_lines_generic<const COUNTER: bool>(
     header: &Header,
     b: &mut Block,
     sink: &mut BlockIntegrator<COUNTER>,
-    fast: impl Fn(&[u8], usize) -> Option<(f64, u32, f64, usize)>,
+    fast: &mut impl CanonicalLines,
 ) {
     let canonical = super::parse::is_canonical(header);
     let data = &padded[..data_len];
     let mut line_idx = b.lines;
     while pos < owned_end {
         if canonical {
-            if let Some((t, node, w, n)) = fast(padded, pos) {
+            if sink.steady_ready() {
+                (pos, line_idx) = sink.steady(padded, pos, owned_end, line_idx, fast);
+                if pos >= owned_end {
+                    break;
+                }
+            }
+            if let Some((t, node, w, n)) = fast.parse(padded, pos) {
                 pos += n + 1;
                 let rec = Rec {
                     t,
@@ -853,6 +934,9 @@ struct NodeIndex {
 }
 
 impl NodeIndex {
+    /// Node ids below this are looked up in a table.
+    const SMALL: usize = 4096;
+
     fn new() -> Self {
         NodeIndex {
             small: Vec::new(),
@@ -861,7 +945,7 @@ impl NodeIndex {
     }
     #[inline(always)]
     fn get_or_insert(&mut self, node: u32, next: usize) -> (usize, bool) {
-        if (node as usize) < 4096 {
+        if (node as usize) < Self::SMALL {
             let i = node as usize;
             if i >= self.small.len() {
                 self.small.resize(i + 1, 0);
@@ -1094,6 +1178,121 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             self.boundary.push(r);
         }
         true
+    }
+
+    /// Whether [`Self::steady`] may take rows now: a block spanning several gap limits, its rows
+    /// in time order so far, at most 64 channels, all known to the peak sweep, and no instant
+    /// waiting in the sweep for interpolation.
+    #[inline(always)]
+    fn steady_ready(&self) -> bool {
+        !COUNTER
+            && self.rows > 0
+            && !self.short
+            && self.sorted
+            && self.error.is_none()
+            && self.hot.len() <= 64
+            && self.sweep.steady_ready(self.hot.len())
+    }
+
+    /// Takes the rows from `pos` on for as long as each is the common case, with the state that
+    /// changes per row kept in registers: a canonical line (`parse`), in time order, away from
+    /// the block's edges, of a known channel, no gap and no duplicate timestamp, and each instant
+    /// complete (every channel sampled) when the next begins. Stops before the first row that is
+    /// not (for [`Self::row`] to take) and returns where it stopped: the position and line index.
+    /// The sums are the same, in the same order, as [`Self::row`] would make them.
+    #[inline(always)]
+    fn steady(
+        &mut self,
+        padded: &[u8],
+        mut pos: usize,
+        owned_end: usize,
+        mut line_idx: u64,
+        lines: &mut impl CanonicalLines,
+    ) -> (usize, u64) {
+        if self.idx.small.len() < NodeIndex::SMALL {
+            self.idx.small.resize(NodeIndex::SMALL, 0);
+        }
+        let Ok(small) = <&[u32; NodeIndex::SMALL]>::try_from(&self.idx.small[..NodeIndex::SMALL])
+        else {
+            return (pos, line_idx);
+        };
+        let hot = &mut self.hot[..];
+        let sweep = &mut self.sweep;
+        let n_chan = hot.len();
+        let (lo, hi) = sweep.accept.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+        let (gap, edge_lo, edge_hi) = (self.gap_limit, self.edge_lo, self.edge_hi);
+        let mut prev_t = self.prev_t;
+        let mut group_t = sweep.group_t;
+        let mut group_sum = sweep.group_sum;
+        let mut group_bits = sweep.group_bits;
+        let mut group_len = sweep.group_len;
+        let mut best = sweep.best;
+        let first_line = line_idx;
+        while pos < owned_end {
+            let Some((t, node, w, n)) = lines.parse(padded, pos) else {
+                break;
+            };
+            if !(t >= prev_t && t >= edge_lo && t <= edge_hi) {
+                break;
+            }
+            let Some(&slot) = small.get(node as usize) else {
+                break;
+            };
+            let c = (slot as usize).wrapping_sub(1);
+            let Some(h) = hot.get_mut(c) else {
+                break;
+            };
+            let dt = t - h.last_t;
+            if !(dt >= 0.0 && dt <= gap) {
+                break;
+            }
+            let bit = 1u64 << (c & 63);
+            if t > group_t {
+                if group_len != n_chan {
+                    break;
+                }
+                if group_t >= lo && group_t <= hi && best.is_none_or(|(b, _)| group_sum > b) {
+                    best = Some((group_sum, group_t));
+                }
+                group_t = t;
+                group_sum = 0.0;
+                group_bits = 0;
+                group_len = 0;
+            } else if group_bits & bit != 0 {
+                break;
+            }
+            // Nothing below can stop the row.
+            group_bits |= bit;
+            group_len += 1;
+            group_sum += w;
+            h.wms += dt * (w + h.last_w);
+            h.covered += dt;
+            if dt > h.max_dt {
+                h.max_dt = dt;
+            }
+            if w > h.peak_w {
+                h.peak_w = w;
+            }
+            h.samples += 1;
+            h.last_t = t;
+            h.last_w = w;
+            prev_t = t;
+            pos += n + 1;
+            line_idx += 1;
+        }
+        if line_idx > first_line {
+            self.rows += line_idx - first_line;
+            self.prev_t = prev_t;
+            sweep.group_t = group_t;
+            sweep.group_sum = group_sum;
+            sweep.group_bits = group_bits;
+            sweep.group_len = group_len;
+            sweep.best = best;
+            for (p, h) in sweep.prev.iter_mut().zip(hot.iter()) {
+                *p = Some((h.last_t, h.last_w));
+            }
+        }
+        (pos, line_idx)
     }
 
     /// Writes the block's results into `b`.
@@ -1544,6 +1743,17 @@ impl PeakSweep {
         }
         self.group_sum += w;
         self.prev[c] = Some((t, w));
+    }
+
+    /// Whether the integrator's steady loop may stand in for this sweep: time order so far, the
+    /// `n_chan` channels all known, none beyond index 63, nothing waiting.
+    #[inline(always)]
+    fn steady_ready(&self, n_chan: usize) -> bool {
+        !self.unsorted
+            && self.accept.is_some()
+            && self.pending.is_empty()
+            && self.group_members.is_empty()
+            && self.prev.len() == n_chan
     }
 
     #[inline(always)]

@@ -514,3 +514,164 @@ fn block_local_peaks_agree_with_a_whole_file_sweep() {
         }
     }
 }
+
+/// Per-channel sums and the cluster peak computed row by row from the streaming reader, the
+/// plainest way: the reference for [`every_path_agrees_with_a_row_by_row_reference`].
+fn row_by_row(path: &std::path::Path, gap: f64) -> BTreeMap<u32, ChannelSummary> {
+    let mut out: BTreeMap<u32, ChannelSummary> = BTreeMap::new();
+    let mut last_w: BTreeMap<u32, f64> = BTreeMap::new();
+    for r in TraceReader::open(path).unwrap() {
+        let (_, r) = r.unwrap();
+        let c = out.entry(r.node).or_insert(ChannelSummary {
+            samples: 0,
+            first_ms: r.t_ms,
+            last_ms: r.t_ms,
+            joules: 0.0,
+            covered_ms: 0.0,
+            gaps: 0,
+            max_interval_ms: 0.0,
+            peak_watts: r.watts,
+            counter_joules: None,
+        });
+        if let Some(&lw) = last_w.get(&r.node) {
+            let dt = r.t_ms - c.last_ms;
+            c.joules += dt * (r.watts + lw) / 2000.0;
+            if dt > gap {
+                c.gaps += 1;
+            } else {
+                c.covered_ms += dt;
+            }
+            c.max_interval_ms = c.max_interval_ms.max(dt);
+        }
+        c.samples += 1;
+        c.last_ms = r.t_ms;
+        c.peak_watts = c.peak_watts.max(r.watts);
+        last_w.insert(r.node, r.watts);
+    }
+    out
+}
+
+/// A trace in phases (`phases`, `instants` each) that each take rows off the common path in
+/// another way: 1 nodes sampled at different instants, 2 gaps, 3 duplicate timestamps, 5 lines
+/// only the general parser reads (CRLF, long fields), 6 more than 64 channels and a node id beyond
+/// the dense table; any other number is the common case. Phase `high` has higher watts, so that
+/// the cluster peak is found there.
+fn paths_trace(phases: &[u32], instants: u32, high: u32) -> String {
+    let mut s = String::from(HEADER);
+    let mut x: u64 = 5;
+    let mut rnd = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut t = 0.0;
+    for &phase in phases {
+        let boost = if phase == high { 5.0 } else { 0.0 };
+        // Whole thousandths, divided last: at most three decimals when printed.
+        let w = |r: f64| ((r * 20_000.0).round() + boost * 1000.0) / 1000.0;
+        for i in 0..instants {
+            t += 20.0;
+            match phase {
+                1 => {
+                    for n in 0..4u32 {
+                        s += &row(t + f64::from(n) * 3.0, n, w(rnd()));
+                    }
+                    t += 10.0;
+                }
+                2 if i % 500 < 70 => s += &row(t, 0, w(rnd())), // nodes 1..3 silent > 1 s
+                3 if i % 97 == 0 => {
+                    for n in 0..4u32 {
+                        s += &row(t, n, w(rnd()));
+                    }
+                    s += &row(t, 2, w(rnd())); // node 2 twice at one instant
+                }
+                5 if i % 13 == 0 => {
+                    for n in 0..4u32 {
+                        s += &row(t, n, w(rnd())).replace('\n', "\r\n");
+                    }
+                    s += &format!("{t},1,{:.14},230.0,0.05,0.99\n", w(rnd()) + 1.0);
+                }
+                6 => {
+                    for n in 0..70u32 {
+                        s += &row(t, if n == 69 { 5000 } else { n }, w(rnd()) / 100.0);
+                    }
+                }
+                _ => {
+                    for n in 0..4u32 {
+                        s += &row(t, n, w(rnd()));
+                    }
+                }
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn every_path_agrees_with_a_row_by_row_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each unusual phase on its own between runs of the common case, with the peak in it; then
+    // all of them in one trace with the peak in the common case; then the wide one.
+    let mut traces: Vec<PathBuf> = [1, 2, 3, 5]
+        .iter()
+        .map(|&k| {
+            write(
+                &dir,
+                &format!("phase{k}.csv"),
+                &paths_trace(&[0, k, 0], 300, k),
+            )
+        })
+        .collect();
+    let all = [0, 1, 2, 3, 4, 5, 7];
+    traces.push(write(&dir, "all.csv", &paths_trace(&all, 1500, 7)));
+    traces.push(write(&dir, "wide.csv", &paths_trace(&[0, 6, 0], 300, 0)));
+    for (p, gap) in traces.iter().flat_map(|p| [(p, 1000.0), (p, 150.0)]) {
+        let reference = row_by_row(p, gap);
+        let peak_reference = super::summarize::peak_by_merge_for_tests(p, &reference, gap).unwrap();
+        for (threads, block, mmap) in [
+            (1, 1 << 30, false),
+            (2, 1 << 20, false),
+            (2, 50_000, true),
+            (3, 8192, false),
+        ] {
+            let got = summarize(
+                p,
+                &TraceOptions {
+                    gap_limit_ms: gap,
+                    threads,
+                    block_bytes: block,
+                    mmap,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let what = format!("{} gap {gap} threads {threads} block {block}", p.display());
+            assert_eq!(
+                got.channels.keys().collect::<Vec<_>>(),
+                reference.keys().collect::<Vec<_>>(),
+                "{what}"
+            );
+            for (node, want) in &reference {
+                let have = &got.channels[node];
+                assert_eq!(
+                    (have.samples, have.first_ms, have.last_ms, have.gaps),
+                    (want.samples, want.first_ms, want.last_ms, want.gaps),
+                    "{what} node {node}"
+                );
+                assert_eq!(
+                    (have.max_interval_ms, have.peak_watts),
+                    (want.max_interval_ms, want.peak_watts),
+                    "{what} node {node}"
+                );
+                assert!(rel(have.joules, want.joules) < 1e-12, "{what} node {node}");
+                assert!(
+                    rel(have.covered_ms, want.covered_ms) < 1e-12,
+                    "{what} node {node}"
+                );
+            }
+            assert_eq!((got.peak_watts, got.peak_at_ms), peak_reference, "{what}");
+            assert!(got.time_sorted, "{what}");
+        }
+    }
+}
