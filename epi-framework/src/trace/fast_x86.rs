@@ -139,18 +139,18 @@ pub unsafe fn parse_canonical_at(buf: &[u8], pos: usize) -> Option<(f64, u32, f6
         return None;
     }
     let p = buf.as_ptr().add(pos);
-    let (key, dot) = line_key::<Avx2>(p)?;
-    Shape::of(key, dot)?.values(p)
+    let (key, dot, len) = line_key::<Avx2>(p)?;
+    Shape::of(key, dot)?.values(p, len)
 }
 
 /// The line's shape key and dot mask (both within the line; the key is the commas and the
-/// newline), or `None` when the line is not within 64 bytes or has a character other than digits,
+/// newline) and its length without the newline, or `None` when the line is not within 64 bytes or has a character other than digits,
 /// commas and dots.
 ///
 /// # Safety
 /// As [`Classify::classify64`].
 #[inline(always)]
-unsafe fn line_key<C: Classify>(p: *const u8) -> Option<(u64, u64)> {
+unsafe fn line_key<C: Classify>(p: *const u8) -> Option<(u64, u64, usize)> {
     let (nl, co, dot, dig) = C::classify64(p);
     if nl == 0 {
         return None;
@@ -161,7 +161,7 @@ unsafe fn line_key<C: Classify>(p: *const u8) -> Option<(u64, u64)> {
     if (dig | co | dot) & lm != lm {
         return None;
     }
-    Some(((co & lm) | (1u64 << len), dot & lm))
+    Some(((co & lm) | (1u64 << len), dot & lm, len as usize))
 }
 
 /// Where a canonical line's fields are and how to read them, as a function of its shape: the
@@ -173,8 +173,6 @@ pub(super) struct Shape {
     /// The commas and the newline (0: an empty cache slot).
     key: u64,
     dot: u64,
-    /// Line length without the newline.
-    len: u32,
     node_at: u32,
     watts_at: u32,
     pf_at: u32,
@@ -194,7 +192,6 @@ impl Shape {
     const EMPTY: Shape = Shape {
         key: 0,
         dot: 0,
-        len: 0,
         node_at: 0,
         watts_at: 0,
         pf_at: 0,
@@ -255,7 +252,6 @@ impl Shape {
         Some(Shape {
             key,
             dot,
-            len,
             node_at: c0 + 1,
             watts_at: c1 + 1,
             pf_at: c4 + 1,
@@ -267,13 +263,13 @@ impl Shape {
         })
     }
 
-    /// The line's values: `(timestamp, node, watts, line length)`, or `None` when its power factor
-    /// is above 1.
+    /// The line's values: `(timestamp, node, watts, len)`, or `None` when its power factor is
+    /// above 1. `len`: the line's length without the newline (as the shape has it).
     ///
     /// # Safety
     /// `p..p + 64 + 16` must be readable and hold a line of this shape; AVX2 as [`field_pair`].
     #[inline(always)]
-    unsafe fn values(&self, p: *const u8) -> Option<(f64, u32, f64, usize)> {
+    unsafe fn values(&self, p: *const u8, len: usize) -> Option<(f64, u32, f64, usize)> {
         let node = if self.quick_np && *p.add(self.pf_at as usize) == b'0' {
             u32::from(*p.add(self.node_at as usize) - b'0')
         } else {
@@ -297,7 +293,7 @@ impl Shape {
             _mm_cvtsd_f64(q),
             node,
             _mm_cvtsd_f64(_mm_unpackhi_pd(q, q)),
-            self.len as usize,
+            len,
         ))
     }
 
@@ -351,13 +347,15 @@ impl ShapeCache {
             return None;
         }
         let p = buf.as_ptr().add(pos);
-        let (key, dot) = line_key::<C>(p)?;
+        // The length comes from the newline, not from the shape: the next line's position then
+        // waits only on the classification, not on the cache lookup.
+        let (key, dot, len) = line_key::<C>(p)?;
         let h = ((key ^ dot.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize;
         let slot = &mut self.slots[h & (Self::SLOTS - 1)];
         if slot.key != key || slot.dot != dot {
             *slot = Shape::of(key, dot)?;
         }
-        slot.values(p)
+        slot.values(p, len)
     }
 }
 

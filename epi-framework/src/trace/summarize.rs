@@ -1221,7 +1221,9 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
         let n_chan = hot.len();
         let (lo, hi) = sweep.accept.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
         let (gap, edge_lo, edge_hi) = (self.gap_limit, self.edge_lo, self.edge_hi);
-        let mut prev_t = self.prev_t;
+        // The lowest timestamp the next row may have: the previous row's, and not inside the
+        // leading edge.
+        let mut floor = self.prev_t.max(edge_lo);
         let mut group_t = sweep.group_t;
         let mut group_sum = sweep.group_sum;
         let mut group_bits = sweep.group_bits;
@@ -1232,7 +1234,7 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             let Some((t, node, w, n)) = lines.parse(padded, pos) else {
                 break;
             };
-            if !(t >= prev_t && t >= edge_lo && t <= edge_hi) {
+            if !(t >= floor && t <= edge_hi) {
                 break;
             }
             let Some(&slot) = small.get(node as usize) else {
@@ -1242,8 +1244,9 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             let Some(h) = hot.get_mut(c) else {
                 break;
             };
+            // At least 0: the channel's last sample is no later than the previous row.
             let dt = t - h.last_t;
-            if !(dt >= 0.0 && dt <= gap) {
+            if dt > gap {
                 break;
             }
             let bit = 1u64 << (c & 63);
@@ -1276,13 +1279,13 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             h.samples += 1;
             h.last_t = t;
             h.last_w = w;
-            prev_t = t;
+            floor = t;
             pos += n + 1;
             line_idx += 1;
         }
         if line_idx > first_line {
             self.rows += line_idx - first_line;
-            self.prev_t = prev_t;
+            self.prev_t = floor;
             sweep.group_t = group_t;
             sweep.group_sum = group_sum;
             sweep.group_bits = group_bits;
