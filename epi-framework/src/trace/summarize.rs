@@ -624,6 +624,21 @@ fn last_row_t(header: &Header, data: &[u8], pos: usize, owned_end: usize) -> f64
     f64::NAN
 }
 
+/// The canonical-line parsers, from the plainest.
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(super) enum LineParser {
+    Portable = 0,
+    Avx2 = 1,
+    Avx512 = 2,
+}
+
+/// The most advanced [`LineParser`] the workers may use (the CPU permitting); tests lower it to
+/// check that every path gives the same results.
+#[cfg(test)]
+pub(super) static LINE_PARSER_FOR_TESTS: std::sync::atomic::AtomicU8 =
+    std::sync::atomic::AtomicU8::new(LineParser::Avx512 as u8);
+
 /// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)` into `sink`, with the
 /// code compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling
 /// of the fast path cheaper; the result is the same).
@@ -638,12 +653,16 @@ fn parse_lines<const COUNTER: bool>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::fast_x86::available_avx512() {
+        #[cfg(test)]
+        let most = LINE_PARSER_FOR_TESTS.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        let most = LineParser::Avx512 as u8;
+        if most >= LineParser::Avx512 as u8 && super::fast_x86::available_avx512() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
             unsafe { parse_lines_x86_v4(padded, data_len, pos, owned_end, header, b, sink) };
             return;
         }
-        if super::fast_x86::available() {
+        if most >= LineParser::Avx2 as u8 && super::fast_x86::available() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
             unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, sink) };
             return;

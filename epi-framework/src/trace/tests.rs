@@ -626,6 +626,20 @@ fn every_path_agrees_with_a_row_by_row_reference() {
     let all = [0, 1, 2, 3, 4, 5, 7];
     traces.push(write(&dir, "all.csv", &paths_trace(&all, 1500, 7)));
     traces.push(write(&dir, "wide.csv", &paths_trace(&[0, 6, 0], 300, 0)));
+    // Every line parser this CPU has. (Other tests running meanwhile may get the parser set
+    // here: all give the same results, which is the point.)
+    use super::summarize::{LineParser, LINE_PARSER_FOR_TESTS};
+    for parser in [LineParser::Portable, LineParser::Avx2, LineParser::Avx512] {
+        LINE_PARSER_FOR_TESTS.store(parser as u8, std::sync::atomic::Ordering::Relaxed);
+        every_path_with(&traces, parser);
+    }
+    LINE_PARSER_FOR_TESTS.store(
+        LineParser::Avx512 as u8,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn every_path_with(traces: &[PathBuf], parser: super::summarize::LineParser) {
     for (p, gap) in traces.iter().flat_map(|p| [(p, 1000.0), (p, 150.0)]) {
         let reference = row_by_row(p, gap);
         let peak_reference = super::summarize::peak_by_merge_for_tests(p, &reference, gap).unwrap();
@@ -646,7 +660,10 @@ fn every_path_agrees_with_a_row_by_row_reference() {
                 },
             )
             .unwrap();
-            let what = format!("{} gap {gap} threads {threads} block {block}", p.display());
+            let what = format!(
+                "{parser:?}: {} gap {gap} threads {threads} block {block}",
+                p.display()
+            );
             assert_eq!(
                 got.channels.keys().collect::<Vec<_>>(),
                 reference.keys().collect::<Vec<_>>(),
