@@ -434,7 +434,14 @@ fn integrate_range<const COUNTER: bool>(
             };
             let last_t = last_row_t(header, data, pos, end as usize);
             let mut sink = BlockIntegrator::<COUNTER>::new(gap_limit, max_gaps, last_t);
-            parse_lines(data, data.len(), pos, end as usize, header, b, &mut sink);
+            let piece = Piece {
+                padded: data,
+                data_len: data.len(),
+                pos,
+                owned_end: end as usize,
+                header,
+            };
+            parse_lines(&piece, b, &mut sink);
             sink.finish(b);
         }
         None => {
@@ -525,15 +532,14 @@ fn read_in_pieces<const COUNTER: bool>(
         };
         let owned_end = ((end - buf_off) as usize).min(data_len);
         if cursor < owned_end {
-            parse_lines(
-                &buf[..filled + pad],
+            let piece = Piece {
+                padded: &buf[..filled + pad],
                 data_len,
-                cursor,
+                pos: cursor,
                 owned_end,
                 header,
-                b,
-                sink,
-            );
+            };
+            parse_lines(&piece, b, sink);
             if b.error.is_some() || sink.error.is_some() {
                 return Ok(());
             }
@@ -639,15 +645,21 @@ pub(super) enum LineParser {
 pub(super) static LINE_PARSER_FOR_TESTS: std::sync::atomic::AtomicU8 =
     std::sync::atomic::AtomicU8::new(LineParser::Avx512 as u8);
 
-/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)` into `sink`, with the
-/// code compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling
-/// of the fast path cheaper; the result is the same).
-fn parse_lines<const COUNTER: bool>(
-    padded: &[u8],
+/// Lines to parse: those of `padded[..data_len]` that start in `[pos, owned_end)`. `padded` has
+/// [`super::parse::SIMD_PADDING`] readable bytes after `data_len` where it can.
+struct Piece<'a> {
+    padded: &'a [u8],
     data_len: usize,
     pos: usize,
     owned_end: usize,
-    header: &Header,
+    header: &'a Header,
+}
+
+/// Parses the lines of `piece` into `sink`, with the
+/// code compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling
+/// of the fast path cheaper; the result is the same).
+fn parse_lines<const COUNTER: bool>(
+    piece: &Piece,
     b: &mut Block,
     sink: &mut BlockIntegrator<COUNTER>,
 ) {
@@ -659,25 +671,16 @@ fn parse_lines<const COUNTER: bool>(
         let most = LineParser::Avx512 as u8;
         if most >= LineParser::Avx512 as u8 && super::fast_x86::available_avx512() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
-            unsafe { parse_lines_x86_v4(padded, data_len, pos, owned_end, header, b, sink) };
+            unsafe { parse_lines_x86_v4(piece, b, sink) };
             return;
         }
         if most >= LineParser::Avx2 as u8 && super::fast_x86::available() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).
-            unsafe { parse_lines_x86_v3(padded, data_len, pos, owned_end, header, b, sink) };
+            unsafe { parse_lines_x86_v3(piece, b, sink) };
             return;
         }
     }
-    parse_lines_generic(
-        padded,
-        data_len,
-        pos,
-        owned_end,
-        header,
-        b,
-        sink,
-        &mut PortableLines,
-    )
+    parse_lines_generic(piece, b, sink, &mut PortableLines)
 }
 
 /// Reads one canonical line: `(timestamp, node, watts, line length)`, or `None` for a line the
@@ -726,69 +729,53 @@ impl<C: super::fast_x86::Classify> CanonicalLines for SimdLines<C> {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3")]
-unsafe fn parse_lines_x86_v3<const COUNTER: bool>(
-    padded: &[u8],
-    data_len: usize,
-    pos: usize,
-    owned_end: usize,
-    header: &Header,
-    b: &mut Block,
-    sink: &mut BlockIntegrator<COUNTER>,
-) {
-    parse_lines_generic(
-        padded,
-        data_len,
-        pos,
-        owned_end,
-        header,
-        b,
-        sink,
-        // SAFETY: this function only runs where `fast_x86::available()`.
-        &mut unsafe { SimdLines::<super::fast_x86::Avx2>::new() },
-    )
+/// Defines `$name`: [`parse_lines_generic`] with [`SimdLines`] classifying by `$classify`,
+/// compiled for the CPU features `$features` (which the caller must have checked).
+macro_rules! simd_parse_lines {
+    ($name:ident, $features:literal, $classify:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const COUNTER: bool>(
+            piece: &Piece,
+            b: &mut Block,
+            sink: &mut BlockIntegrator<COUNTER>,
+        ) {
+            // SAFETY: the caller checked that the CPU has the features.
+            let mut lines = unsafe { SimdLines::<$classify>::new() };
+            parse_lines_generic(piece, b, sink, &mut lines)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3")]
-unsafe fn parse_lines_x86_v4<const COUNTER: bool>(
-    padded: &[u8],
-    data_len: usize,
-    pos: usize,
-    owned_end: usize,
-    header: &Header,
-    b: &mut Block,
-    sink: &mut BlockIntegrator<COUNTER>,
-) {
-    parse_lines_generic(
-        padded,
-        data_len,
-        pos,
-        owned_end,
-        header,
-        b,
-        sink,
-        // SAFETY: this function only runs where `fast_x86::available_avx512()`.
-        &mut unsafe { SimdLines::<super::fast_x86::Avx512>::new() },
-    )
-}
+simd_parse_lines!(
+    parse_lines_x86_v3,
+    "avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3",
+    super::fast_x86::Avx2
+);
+simd_parse_lines!(
+    parse_lines_x86_v4,
+    "avx512f,avx512bw,avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3",
+    super::fast_x86::Avx512
+);
 
-/// Parses the lines of `padded[..data_len]` that start in `[pos, owned_end)` into `sink`. The
+/// Parses the lines of `piece` into `sink`. The
 /// SIMD fast path is used wherever `padded` has its padding after the line start. Stops at the
 /// first error (recorded in `b`, or in the sink for errors it finds).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn parse_lines_generic<const COUNTER: bool>(
-    padded: &[u8],
-    data_len: usize,
-    mut pos: usize,
-    owned_end: usize,
-    header: &Header,
+    piece: &Piece,
     b: &mut Block,
     sink: &mut BlockIntegrator<COUNTER>,
     fast: &mut impl CanonicalLines,
 ) {
+    let &Piece {
+        padded,
+        data_len,
+        mut pos,
+        owned_end,
+        header,
+    } = piece;
     let canonical = super::parse::is_canonical(header);
     let data = &padded[..data_len];
     let mut line_idx = b.lines;

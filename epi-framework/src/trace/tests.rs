@@ -443,6 +443,24 @@ fn blank_and_crlf_lines_between_positional_reads_are_handled() {
     }
 }
 
+/// [`summarize`] with these options (the rest default); panics on an error.
+fn summarize_with(
+    p: &std::path::Path,
+    gap_limit_ms: f64,
+    threads: usize,
+    block_bytes: usize,
+    mmap: bool,
+) -> TraceSummary {
+    let opts = TraceOptions {
+        gap_limit_ms,
+        threads,
+        block_bytes,
+        mmap,
+        ..Default::default()
+    };
+    summarize(p, &opts).unwrap()
+}
+
 #[test]
 fn block_local_peaks_agree_with_a_whole_file_sweep() {
     // Three nodes at different offsets, one of which stops early and one with a gap; blocks long
@@ -494,17 +512,7 @@ fn block_local_peaks_agree_with_a_whole_file_sweep() {
             (4, 9000, true),
             (3, 30_000, false),
         ] {
-            let sum = summarize(
-                &p,
-                &TraceOptions {
-                    gap_limit_ms: gap,
-                    threads,
-                    block_bytes: block,
-                    mmap,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let sum = summarize_with(&p, gap, threads, block, mmap);
             assert_eq!(
                 (sum.peak_watts, sum.peak_at_ms),
                 reference,
@@ -649,17 +657,7 @@ fn every_path_with(traces: &[PathBuf], parser: super::summarize::LineParser) {
             (2, 50_000, true),
             (3, 8192, false),
         ] {
-            let got = summarize(
-                p,
-                &TraceOptions {
-                    gap_limit_ms: gap,
-                    threads,
-                    block_bytes: block,
-                    mmap,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let got = summarize_with(p, gap, threads, block, mmap);
             let what = format!(
                 "{parser:?}: {} gap {gap} threads {threads} block {block}",
                 p.display()
