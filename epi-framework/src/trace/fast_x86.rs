@@ -128,24 +128,20 @@ impl Classify for Avx512 {
     }
 }
 
-/// See [`super::parse::parse_canonical_at`] (the uncached AVX2 path, for tests).
+/// See [`super::parse::parse_canonical_at`]: the AVX2 path with a fresh shape cache (every line a
+/// miss), for tests.
 ///
 /// # Safety
 /// The CPU must have AVX2, BMI1, BMI2, POPCNT, LZCNT, SSE4.1 and SSSE3.
 #[cfg(test)]
 #[target_feature(enable = "avx2,bmi1,bmi2,popcnt,lzcnt,sse4.1,ssse3")]
 pub unsafe fn parse_canonical_at(buf: &[u8], pos: usize) -> Option<(f64, u32, f64, usize)> {
-    if buf.len() < pos + super::parse::SIMD_PADDING {
-        return None;
-    }
-    let p = buf.as_ptr().add(pos);
-    let (key, dot, len) = line_key::<Avx2>(p)?;
-    Shape::of(key, dot)?.values(p, len)
+    ShapeCache::new().parse::<Avx2>(buf, pos)
 }
 
 /// The line's shape key and dot mask (both within the line; the key is the commas and the
-/// newline) and its length without the newline, or `None` when the line is not within 64 bytes or has a character other than digits,
-/// commas and dots.
+/// newline) and its length without the newline, or `None` when the line is not within 64 bytes
+/// or has a character other than digits, commas and dots.
 ///
 /// # Safety
 /// As [`Classify::classify64`].
@@ -263,13 +259,12 @@ impl Shape {
         })
     }
 
-    /// The line's values: `(timestamp, node, watts, len)`, or `None` when its power factor is
-    /// above 1. `len`: the line's length without the newline (as the shape has it).
+    /// The line's values: `(timestamp, node, watts)`, or `None` when its power factor is above 1.
     ///
     /// # Safety
     /// `p..p + 64 + 16` must be readable and hold a line of this shape; AVX2 as [`field_pair`].
     #[inline(always)]
-    unsafe fn values(&self, p: *const u8, len: usize) -> Option<(f64, u32, f64, usize)> {
+    unsafe fn values(&self, p: *const u8) -> Option<(f64, u32, f64)> {
         let node = if self.quick_np && *p.add(self.pf_at as usize) == b'0' {
             u32::from(*p.add(self.node_at as usize) - b'0')
         } else {
@@ -289,12 +284,7 @@ impl Shape {
         );
         let tw = _mm256_castpd256_pd128(_mm256_permute4x64_pd::<0b10_00>(f));
         let q = _mm_div_pd(tw, _mm_loadu_pd(self.scale.as_ptr()));
-        Some((
-            _mm_cvtsd_f64(q),
-            node,
-            _mm_cvtsd_f64(_mm_unpackhi_pd(q, q)),
-            len,
-        ))
+        Some((_mm_cvtsd_f64(q), node, _mm_cvtsd_f64(_mm_unpackhi_pd(q, q))))
     }
 
     /// The node id, when the power factor is at most 1.
@@ -355,7 +345,8 @@ impl ShapeCache {
         if slot.key != key || slot.dot != dot {
             *slot = Shape::of(key, dot)?;
         }
-        slot.values(p, len)
+        let (t, node, w) = slot.values(p)?;
+        Some((t, node, w, len))
     }
 }
 

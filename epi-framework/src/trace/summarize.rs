@@ -655,9 +655,8 @@ struct Piece<'a> {
     header: &'a Header,
 }
 
-/// Parses the lines of `piece` into `sink`, with the
-/// code compiled for the CPU's extensions when it has them (POPCNT/BMI/AVX2 make the bit handling
-/// of the fast path cheaper; the result is the same).
+/// Parses the lines of `piece` into `sink`, with the code compiled for the CPU's extensions when it
+/// has them (AVX2 or AVX-512BW, with POPCNT/BMI for the bit handling); the result is the same.
 fn parse_lines<const COUNTER: bool>(
     piece: &Piece,
     b: &mut Block,
@@ -758,11 +757,10 @@ simd_parse_lines!(
     super::fast_x86::Avx512
 );
 
-/// Parses the lines of `piece` into `sink`. The
-/// SIMD fast path is used wherever `padded` has its padding after the line start. Stops at the
-/// first error (recorded in `b`, or in the sink for errors it finds).
+/// Parses the lines of `piece` into `sink`. The fast path (`fast`) is used wherever `padded` has
+/// its padding after the line start. Stops at the first error (recorded in `b`, or in the sink for
+/// errors it finds).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn parse_lines_generic<const COUNTER: bool>(
     piece: &Piece,
     b: &mut Block,
@@ -935,7 +933,7 @@ impl Drop for Mapping {
 
 /// Dense per-block index of node ids.
 struct NodeIndex {
-    small: Vec<u32>, // node id → index + 1 (0: unseen), for ids < 4096
+    small: Box<[u32; NodeIndex::SMALL]>, // node id → index + 1 (0: unseen), for ids < SMALL
     big: BTreeMap<u32, usize>,
 }
 
@@ -945,22 +943,18 @@ impl NodeIndex {
 
     fn new() -> Self {
         NodeIndex {
-            small: Vec::new(),
+            small: Box::new([0; NodeIndex::SMALL]),
             big: BTreeMap::new(),
         }
     }
     #[inline(always)]
     fn get_or_insert(&mut self, node: u32, next: usize) -> (usize, bool) {
-        if (node as usize) < Self::SMALL {
-            let i = node as usize;
-            if i >= self.small.len() {
-                self.small.resize(i + 1, 0);
-            }
-            if self.small[i] == 0 {
-                self.small[i] = next as u32 + 1;
+        if let Some(slot) = self.small.get_mut(node as usize) {
+            if *slot == 0 {
+                *slot = next as u32 + 1;
                 (next, true)
             } else {
-                (self.small[i] as usize - 1, false)
+                (*slot as usize - 1, false)
             }
         } else {
             match self.big.get(&node) {
@@ -1215,13 +1209,7 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
         mut line_idx: u64,
         lines: &mut impl CanonicalLines,
     ) -> (usize, u64) {
-        if self.idx.small.len() < NodeIndex::SMALL {
-            self.idx.small.resize(NodeIndex::SMALL, 0);
-        }
-        let Ok(small) = <&[u32; NodeIndex::SMALL]>::try_from(&self.idx.small[..NodeIndex::SMALL])
-        else {
-            return (pos, line_idx);
-        };
+        let small = &*self.idx.small;
         let hot = &mut self.hot[..];
         let sweep = &mut self.sweep;
         let n_chan = hot.len();

@@ -523,7 +523,7 @@ fn block_local_peaks_agree_with_a_whole_file_sweep() {
     }
 }
 
-/// Per-channel sums and the cluster peak computed row by row from the streaming reader, the
+/// Per-channel sums computed row by row from the streaming reader, the
 /// plainest way: the reference for [`every_path_agrees_with_a_row_by_row_reference`].
 fn row_by_row(path: &std::path::Path, gap: f64) -> BTreeMap<u32, ChannelSummary> {
     let mut out: BTreeMap<u32, ChannelSummary> = BTreeMap::new();
