@@ -173,7 +173,8 @@ impl Sshd {
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()?;
-            let deadline = Instant::now() + Duration::from_secs(10);
+            // A bound on a hang, not an expected speed: a loaded machine may take seconds.
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if let Some(status) = child.try_wait()? {
                     last_err = format!("sshd exited with {status}: {}", self.log());
@@ -193,7 +194,7 @@ impl Sshd {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    last_err = format!("sshd did not listen within 10 s: {}", self.log());
+                    last_err = format!("sshd did not listen within 60 s: {}", self.log());
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));

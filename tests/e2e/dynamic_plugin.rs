@@ -2,7 +2,9 @@
 //! power sensor) is listed and measures through `epi monitor`; libraries with a wrong ABI version,
 //! or that are not epi-bench plugins, are refused without any of their code being called.
 
-use crate::support::{epi, epi_bin, have_tool, stderr, stdout};
+use crate::support::{
+    complete_lines, epi, epi_bin, have_tool, send_signal, stderr, stdout, wait_for, wait_output,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -126,16 +128,12 @@ fn the_example_plugin_measures_through_monitor() {
         ),
     )
     .unwrap();
+    // No --duration: the test changes the sensor once the recorder has written rows at the first
+    // value, waits for a row at the second, then stops the monitor with Ctrl-C (exit 130). Nothing
+    // here depends on how fast epi starts or samples.
     let child = Command::new(epi_bin())
         .args([
-            "monitor",
-            "--power",
-            "hwmon",
-            "--duration",
-            "1.5",
-            "--record",
-            "hw.csv",
-            "--json",
+            "monitor", "--power", "hwmon", "--record", "hw.csv", "--json",
         ])
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
@@ -144,20 +142,35 @@ fn the_example_plugin_measures_through_monitor() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    std::fs::write(&sensor, "6300000\n").unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    let text = std::fs::read_to_string(dir.path().join("hw.csv")).unwrap();
-    let watts: Vec<f64> = text
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
-        .collect();
-    assert!(watts.len() >= 10, "{text}");
+    let csv = dir.path().join("hw.csv");
+    let watts_on_disk = || -> Vec<f64> {
+        complete_lines(&csv)
+            .iter()
+            .skip(1)
+            .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+            .collect()
+    };
+    wait_for("5 rows at 4.2 W", 120, || {
+        (watts_on_disk().len() >= 5).then_some(())
+    });
+    // Atomically (a reader never sees the file truncated but not yet written).
+    let next = dir.path().join("power1_input.next");
+    std::fs::write(&next, "6300000\n").unwrap();
+    std::fs::rename(&next, &sensor).unwrap();
+    wait_for("a row at 6.3 W", 120, || {
+        watts_on_disk().contains(&6.3).then_some(())
+    });
+    send_signal(&child, "INT");
+    let o = wait_output(child, 60);
+    assert_eq!(o.status.code(), Some(130), "{}\n{}", stdout(&o), stderr(&o));
+    let watts = watts_on_disk();
     assert!(watts.iter().all(|&w| w == 4.2 || w == 6.3), "{watts:?}");
-    assert_eq!(watts[0], 4.2);
-    assert_eq!(*watts.last().unwrap(), 6.3);
+    let switch = watts.iter().position(|&w| w == 6.3).unwrap();
+    assert!(switch >= 5, "{watts:?}");
+    assert!(
+        watts[switch..].iter().all(|&w| w == 6.3),
+        "the reading went back to the old value: {watts:?}"
+    );
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("hw.csv.meta.json")).unwrap(),
     )

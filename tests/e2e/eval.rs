@@ -60,7 +60,7 @@ fn listening(port: u16) -> bool {
 
 fn closed_soon(port: u16) -> bool {
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(15) {
+    while t0.elapsed() < Duration::from_secs(60) {
         if !listening(port) {
             return true;
         }

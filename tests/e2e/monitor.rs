@@ -2,7 +2,9 @@
 //! board emulator `tests/tools/epi_meter_emulator.py`, RAPL on a fake powercap tree (also as an
 //! unprivileged user), CSV replay, and the usage errors.
 
-use crate::support::{epi, epi_bin, have_tool, repo_root, stderr, stdout};
+use crate::support::{
+    complete_lines, epi, epi_bin, have_tool, repo_root, send_signal, stderr, stdout, wait_output,
+};
 use epi_framework::trace::{summarize, TraceOptions, TraceReader};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -150,6 +152,9 @@ fn recording_an_emulated_meter_equals_its_ground_truth() {
             truth_path.to_str().unwrap(),
             "--linger-s",
             "60",
+            // A long outage, so the gap on the host clock stands far above any scheduling delay.
+            "--reboot-s",
+            "2",
         ],
     );
     let port = d.join("link/host");
@@ -175,19 +180,20 @@ fn recording_an_emulated_meter_equals_its_ground_truth() {
 
     // The emulator writes its ground truth when its run is complete.
     assert!(
-        wait_for(Duration::from_secs(60), || truth_path.exists()),
+        wait_for(Duration::from_secs(180), || truth_path.exists()),
         "the emulator did not finish"
     );
     let truth = read_truth(&truth_path);
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("truth.csv.json")).unwrap()).unwrap();
     // Everything delivered reaches the recording (flushed at least every second), then Ctrl-C.
-    let rows_in = |p: &Path| {
-        std::fs::read_to_string(p)
-            .map(|t| t.lines().count().saturating_sub(1))
-            .unwrap_or(0)
-    };
-    wait_for(Duration::from_secs(10), || rows_in(&rec) >= truth.len());
+    let rows_in = |p: &Path| complete_lines(p).len().saturating_sub(1);
+    assert!(
+        wait_for(Duration::from_secs(120), || rows_in(&rec) >= truth.len()),
+        "{} of {} delivered samples recorded",
+        rows_in(&rec),
+        truth.len()
+    );
     mon.signal("-INT");
     let status = mon
         .wait_timeout(Duration::from_secs(20))
@@ -251,8 +257,11 @@ fn recording_an_emulated_meter_equals_its_ground_truth() {
     let gap = rows[reboot].t_ms - rows[reboot - 1].t_ms;
     let period = summary["period_ms"].as_f64().unwrap();
     let expected_gap = summary["reboot_info"][0]["gap_slots"].as_f64().unwrap() * period;
+    // The host clock sees the outage give or take the delays of two lines on their way through
+    // the emulator, socat and epi's reader (scheduling, tens of ms; bounded here at 500 ms, a
+    // quarter of the outage).
     assert!(
-        (gap - expected_gap).abs() < 250.0,
+        (gap - expected_gap).abs() < 500.0,
         "reboot gap {gap} ms on the host clock, emulator {expected_gap} ms"
     );
     // The bridge the recording contains across the reboot: trapezoid of the bounding readings.
@@ -399,9 +408,10 @@ fn rapl_monitor_records_counters_through_a_wrap() {
         })
     };
     let sysfs = format!("sysfs_root={}", root.display());
-    let o = epi(
-        dir.path(),
-        &[
+    // Recorded until the file shows 20 package samples and a wrap (more than 0.1 J from 0.9 J in
+    // a 1 J range), then Ctrl-C: however fast the machine, the recording holds what is checked.
+    let child = Command::new(epi_bin())
+        .args([
             "monitor",
             "--power",
             "rapl",
@@ -409,15 +419,40 @@ fn rapl_monitor_records_counters_through_a_wrap() {
             &sysfs,
             "--set",
             "interval_ms=20",
-            "--duration",
-            "1.5",
             "--record",
             rec.to_str().unwrap(),
-        ],
-    );
+        ])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", dir.path().join(".no-user-config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let package_energy = || -> Vec<f64> {
+        let lines = complete_lines(&rec);
+        let Some(header) = lines.first() else {
+            return Vec::new();
+        };
+        let cols: Vec<&str> = header.split(',').collect();
+        let node = cols.iter().position(|c| *c == "node_id").unwrap();
+        let energy = cols.iter().position(|c| *c == "energy_j").unwrap();
+        lines[1..]
+            .iter()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f[node] == "0")
+            .map(|f| f[energy].parse().unwrap())
+            .collect()
+    };
+    crate::support::wait_for("20 package samples through a wrap", 120, || {
+        let e = package_energy();
+        (e.len() >= 20 && e.last().is_some_and(|&j| j > 0.1)).then_some(())
+    });
+    send_signal(&child, "INT");
+    let o = wait_output(child, 60);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(130), "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(
         out.contains("package-0") && out.contains("package-0/dram"),
@@ -732,9 +767,10 @@ fn monitor_with_host_tails_the_orchestrator_database() {
     let port = sshd.port().to_string();
     let identity = sshd.user_key().display().to_string();
     let known = sshd.known_hosts().display().to_string();
-    let o = epi(
-        d,
-        &[
+    // Tailed until 20 rows are recorded, then Ctrl-C: the test waits on the recording, not on a
+    // duration that assumes how fast SSH and sqlite3 answer.
+    let child = Command::new(epi_bin())
+        .args([
             "monitor",
             "--host",
             sshd.host(),
@@ -746,15 +782,24 @@ fn monitor_with_host_tails_the_orchestrator_database() {
             &identity,
             "--known-hosts",
             &known,
-            "--duration",
-            "4",
             "--record",
             rec.to_str().unwrap(),
-        ],
-    );
+        ])
+        .current_dir(d)
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", d.join(".no-user-config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for("20 tailed rows", 120, || {
+        (complete_lines(&rec).len() > 20).then_some(())
+    });
+    send_signal(&child, "INT");
+    let o = wait_output(child, 60);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(130), "{}{}", stdout(&o), stderr(&o));
     let mut r = TraceReader::open(&rec).unwrap();
     let mut n = 0;
     while let Some((_, row)) = r.next_row().unwrap() {
@@ -764,7 +809,7 @@ fn monitor_with_host_tails_the_orchestrator_database() {
         );
         n += 1;
     }
-    assert!(n >= 20, "{n} rows tailed in 4 s of 2 × 10 Hz");
+    assert!(n >= 20, "{n} rows tailed");
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("orch.csv.meta.json")).unwrap())
             .unwrap();

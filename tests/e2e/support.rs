@@ -62,3 +62,51 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Polls `check` every 20 ms until it gives `Some`, and returns that. Fails the test, naming `what`
+/// it waited for, after `secs` seconds: the deadline is a bound on a hang, never an expected speed
+/// (tests wait on observable events, so they pass on a busy machine as on an idle one).
+pub fn wait_for<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {secs} s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The complete lines of a file (those ending in a newline; a line being written is not counted),
+/// or none when the file does not exist yet.
+pub fn complete_lines(path: &Path) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&bytes[..end])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sends `signal` (`INT`, `TERM`, `KILL`) to a child process.
+pub fn send_signal(child: &std::process::Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{signal} {} failed", child.id());
+}
+
+/// Waits for a child to exit (failing the test after `secs` seconds) and returns its output.
+pub fn wait_output(mut child: std::process::Child, secs: u64) -> Output {
+    wait_for("the process to exit", secs, || {
+        child.try_wait().expect("try_wait").map(|_| ())
+    });
+    child.wait_with_output().expect("wait_with_output")
+}

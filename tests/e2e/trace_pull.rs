@@ -444,14 +444,16 @@ fn an_interrupted_pull_leaves_what_it_pulled_readable_and_no_remote_process() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until rows are on disk, then Ctrl-C.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let lines = std::fs::read_to_string(&out_csv)
-            .map(|t| t.lines().count())
+    // Wait until rows are on disk (complete lines: the header and at least one row), then Ctrl-C.
+    // What is asserted afterwards does not depend on how many rows arrive before or after the
+    // signal: every row seen on disk before it stays readable, and the sidecar counts what is there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows_before_signal = loop {
+        let complete_lines = std::fs::read(&out_csv)
+            .map(|t| t.iter().filter(|&&b| b == b'\n').count())
             .unwrap_or(0);
-        if lines > 20 {
-            break;
+        if complete_lines >= 2 {
+            break complete_lines as u64 - 1;
         }
         assert!(Instant::now() < deadline, "no rows were written");
         assert!(
@@ -459,11 +461,11 @@ fn an_interrupted_pull_leaves_what_it_pulled_readable_and_no_remote_process() {
             "the pull ended before it could be interrupted"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -480,7 +482,11 @@ fn an_interrupted_pull_leaves_what_it_pulled_readable_and_no_remote_process() {
     while reader.next_row().unwrap().is_some() {
         n += 1;
     }
-    assert!(n > 20 && n < 2400, "{n} rows");
+    assert!(
+        n >= rows_before_signal,
+        "{n} rows readable, {rows_before_signal} were on disk before Ctrl-C"
+    );
+    assert!(n < 2400, "{n} rows: the pull was not interrupted");
     let meta = TraceMeta::read_for(&out_csv).unwrap().expect("sidecar");
     assert_eq!(meta.extra["complete"], Value::Bool(false));
     assert_eq!(meta.extra["rows"], n);

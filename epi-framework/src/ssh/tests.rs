@@ -196,7 +196,7 @@ fn a_timed_out_command_is_killed_on_the_remote() {
         assert!(matches!(e, SshError::Timeout { .. }), "{e}");
         assert!(e.to_string().contains("did not finish within"), "{e}");
         assert!(
-            wait_gone(&format!("^{marker}$"), Duration::from_secs(10)).await,
+            wait_gone(&format!("^{marker}$"), Duration::from_secs(60)).await,
             "`{marker}` still runs"
         );
     });
@@ -221,7 +221,7 @@ fn spawned_processes_stream_lines_and_stop_by_signal_close_drop_and_stop_all() {
         }
         let status = p.stop(Duration::from_secs(5)).await.unwrap();
         assert_eq!(status, RemoteExit::Code(128 + 15), "{status}");
-        assert!(wait_gone(&format!("epi-test-a-{tag}"), Duration::from_secs(5)).await);
+        assert!(wait_gone(&format!("epi-test-a-{tag}"), Duration::from_secs(60)).await);
 
         // A process ignoring TERM is killed after the grace period; its children too.
         let script = format!("trap '' TERM; sleep 1000 & echo ready; wait # epi-test-b-{tag}");
@@ -231,7 +231,7 @@ fn spawned_processes_stream_lines_and_stop_by_signal_close_drop_and_stop_all() {
         let status = p.stop(Duration::from_millis(500)).await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(500));
         assert_eq!(status, RemoteExit::Code(128 + 9), "{status}");
-        assert!(wait_gone(&format!("epi-test-b-{tag}"), Duration::from_secs(5)).await);
+        assert!(wait_gone(&format!("epi-test-b-{tag}"), Duration::from_secs(60)).await);
 
         // Signals reach the process.
         let script = format!("trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.05; done # epi-test-c-{tag}");
@@ -247,17 +247,17 @@ fn spawned_processes_stream_lines_and_stop_by_signal_close_drop_and_stop_all() {
         let mut p = ssh.spawn(&["sh", "-c", &script]).await.unwrap();
         assert_eq!(p.next_line().await.as_deref(), Some("ready"));
         p.close().await;
-        assert!(wait_gone(&format!("epi-test-d-{tag}"), Duration::from_secs(8)).await);
+        assert!(wait_gone(&format!("epi-test-d-{tag}"), Duration::from_secs(60)).await);
 
         // Dropping a running process stops it.
         let script = format!("echo ready; sleep 1000 # epi-test-e-{tag}");
         let mut p = ssh.spawn(&["sh", "-c", &script]).await.unwrap();
         assert_eq!(p.next_line().await.as_deref(), Some("ready"));
         drop(p);
-        assert!(wait_gone(&format!("epi-test-e-{tag}"), Duration::from_secs(8)).await);
+        assert!(wait_gone(&format!("epi-test-e-{tag}"), Duration::from_secs(60)).await);
 
         // Everything stopped above has been reported as ended.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while ssh.running() > 0 {
             let live: Vec<String> = ssh.inner.live.lock().unwrap().values().map(|p| p.command.clone()).collect();
             assert!(Instant::now() < deadline, "{live:?} still listed as running");
@@ -274,7 +274,7 @@ fn spawned_processes_stream_lines_and_stop_by_signal_close_drop_and_stop_all() {
         }
         assert_eq!(ssh.running(), 3);
         assert_eq!(ssh.stop_all(Duration::from_secs(3)).await, 3);
-        assert!(wait_gone(&format!("epi-test-f.-{tag}"), Duration::from_secs(5)).await);
+        assert!(wait_gone(&format!("epi-test-f.-{tag}"), Duration::from_secs(60)).await);
         for mut p in ps {
             assert!(matches!(p.wait().await, RemoteExit::Code(c) if c == 128 + 15));
         }
@@ -313,7 +313,7 @@ fn losing_the_connection_stops_remote_processes() {
         });
         // Dropping the runtime drops the connection without any goodbye.
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !remote_pids(&pattern).is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -330,7 +330,10 @@ fn clock_offset_of_the_same_machine_is_within_its_uncertainty() {
         let ssh = SshSession::connect(&sshd.options()).await.unwrap();
         let c = ssh.clock_offset(8).await.unwrap();
         assert_eq!(c.probes, 8);
-        assert!(c.round_trip_ms > 0.0 && c.round_trip_ms < 1000.0, "{c:?}");
+        assert!(
+            c.round_trip_ms > 0.0 && c.round_trip_ms.is_finite(),
+            "{c:?}"
+        );
         assert_eq!(c.uncertainty_ms, c.round_trip_ms / 2.0);
         // The same clock on both ends: the true offset is 0, which must lie within the bound.
         assert!(c.offset_ms.abs() <= c.uncertainty_ms + 0.001, "{c:?}");
@@ -510,7 +513,7 @@ fn agent_keys_authenticate() {
         .arg(&sock)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !sock.exists() {
         assert!(
             Instant::now() < deadline,

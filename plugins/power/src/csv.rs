@@ -444,13 +444,18 @@ mod tests {
         s.open().await.unwrap();
         let t = std::time::Instant::now();
         assert_eq!(drain(&mut s).await.len(), 12);
+        // Paced: never sooner than the recording at ×2 (an upper bound would assume a speed).
         let ms = t.elapsed().as_millis();
-        assert!((240..2000).contains(&ms), "{ms} ms");
-        let mut s = CsvReplay::new(cfg(&path)).unwrap();
+        assert!(ms >= 240, "{ms} ms");
+        // Unpaced: a minute of recording is read without waiting for it (a paced replay would
+        // take 60 s).
+        let long = dir.path().join("long.csv");
+        write_trace(&long, 601);
+        let mut s = CsvReplay::new(cfg(&long)).unwrap();
         s.open().await.unwrap();
         let t = std::time::Instant::now();
-        drain(&mut s).await;
-        assert!(t.elapsed().as_millis() < 200);
+        assert_eq!(drain(&mut s).await.len(), 1202);
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     }
 
     #[tokio::test]
@@ -475,7 +480,7 @@ mod tests {
             }
         }
         assert_eq!(got, 16);
-        assert!(timeouts > 5, "{timeouts}");
+        assert!(timeouts >= 1, "the cancel path ran: {timeouts} timeouts");
     }
 
     #[tokio::test]

@@ -1806,10 +1806,12 @@ mod tests {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn socat");
-        for _ in 0..200 {
-            if dir.join("meter").exists() && dir.join("host").exists() {
-                break;
-            }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !(dir.join("meter").exists() && dir.join("host").exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "socat made no pty pair in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Socat(child)
@@ -1823,7 +1825,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("host");
         let mut cfg = config(link.to_str().unwrap());
-        cfg.open_timeout_ms = 3000;
+        cfg.open_timeout_ms = 60_000; // a bound on a hang: the writer starts after 300 ms
         cfg.reconnect_initial_ms = 20;
         cfg.reconnect_max_ms = 100;
         let guard = socat(dir.path());
@@ -1861,7 +1863,7 @@ mod tests {
         writer.join().unwrap();
         let mut samples = Vec::new();
         while samples.len() < 10 {
-            let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch())
+            let b = tokio::time::timeout(Duration::from_secs(60), m.next_batch())
                 .await
                 .unwrap()
                 .unwrap()
@@ -1871,7 +1873,7 @@ mod tests {
         assert_eq!(m.stats().bad_lines, 1); // the partial first line
                                             // Unplug: socat goes away (the link with it), then comes back on the same path.
         drop(guard);
-        let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch())
+        let b = tokio::time::timeout(Duration::from_secs(60), m.next_batch())
             .await
             .unwrap()
             .unwrap()
@@ -1903,7 +1905,7 @@ mod tests {
         let mut events = Vec::new();
         let mut after = Vec::new();
         while after.is_empty() {
-            let b = tokio::time::timeout(Duration::from_secs(5), m.next_batch())
+            let b = tokio::time::timeout(Duration::from_secs(60), m.next_batch())
                 .await
                 .unwrap()
                 .unwrap()

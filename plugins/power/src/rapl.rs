@@ -770,7 +770,7 @@ mod tests {
         let mut s = source(root);
         s.config.domains = vec!["package".into()];
         s.open().await.unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(5), s.next_batch())
+        let e = tokio::time::timeout(Duration::from_secs(60), s.next_batch())
             .await
             .unwrap()
             .unwrap_err();

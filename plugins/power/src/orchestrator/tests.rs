@@ -266,6 +266,7 @@ fn a_window_pull_returns_exactly_the_rows_of_the_window_while_the_database_is_wr
     }
     // Keep writing (rows after the window) the whole time the pull runs.
     let stop = Arc::new(AtomicBool::new(false));
+    let (writing_tx, writing) = std::sync::mpsc::channel();
     let writer = {
         let stop = stop.clone();
         let path = path.clone();
@@ -274,6 +275,11 @@ fn a_window_pull_returns_exactly_the_rows_of_the_window_while_the_database_is_wr
             db.busy_timeout(Duration::from_secs(5)).unwrap();
             let mut seq = 601u32;
             let mut n = 0;
+            // The pull starts once the writer is writing, however the threads are scheduled.
+            insert_sample(&db, seq, t0 + 3_600_000 + seq as i64 * 100);
+            seq += 1;
+            n += 1;
+            let _ = writing_tx.send(());
             while !stop.load(Ordering::Relaxed) {
                 insert_sample(&db, seq, t0 + 3_600_000 + seq as i64 * 100);
                 seq += 1;
@@ -283,6 +289,9 @@ fn a_window_pull_returns_exactly_the_rows_of_the_window_while_the_database_is_wr
             n
         })
     };
+    writing
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the writer started");
     let (start, end) = (t0, t0 + 40_000);
     let expected: Vec<&Written> = all.iter().filter(|w| w.ts >= start && w.ts < end).collect();
     assert_eq!(expected.len(), 1600);
@@ -358,6 +367,10 @@ fn tail_sees_rows_as_they_are_written_and_counts_gaps_and_reboots() {
     v["poll_interval_ms"] = json!(50);
     let written = Arc::new(std::sync::Mutex::new(Vec::<Written>::new()));
     let writer_done = Arc::new(AtomicBool::new(false));
+    // The reader's progress, so the writer can hold back its later rows until the first ones have
+    // been tailed: "rows arrive while the writer is still writing" then holds however slow the
+    // machine is.
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     rt().block_on(async {
         let mut s = build(&v).unwrap();
         let info = s
@@ -370,6 +383,7 @@ fn tail_sees_rows_as_they_are_written_and_counts_gaps_and_reboots() {
         let writer = {
             let written = written.clone();
             let done = writer_done.clone();
+            let seen = seen.clone();
             let path = path.clone();
             std::thread::spawn(move || {
                 let db = Connection::open(&path).unwrap();
@@ -378,6 +392,13 @@ fn tail_sees_rows_as_they_are_written_and_counts_gaps_and_reboots() {
                 // seq 11..=40, then a gap (41, 42 lost), then 43..=50, then a reboot at seq 1.
                 let seqs: Vec<u32> = (11..=40).chain(43..=50).chain(1..=5).collect();
                 for (i, seq) in seqs.into_iter().enumerate() {
+                    if i == 5 {
+                        // Wait (bounded) until the tail has delivered something.
+                        let until = Instant::now() + Duration::from_secs(60);
+                        while seen.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
                     let mut rows = insert_sample(&db, seq, now + i as i64 * 20);
                     written.lock().unwrap().append(&mut rows);
                     std::thread::sleep(Duration::from_millis(20));
@@ -388,7 +409,7 @@ fn tail_sees_rows_as_they_are_written_and_counts_gaps_and_reboots() {
         let mut samples: Vec<PowerSample> = Vec::new();
         let mut events = Vec::new();
         let mut first_seen_while_writing = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while samples.len() < 43 * 4 {
             assert!(
                 Instant::now() < deadline,
@@ -400,6 +421,7 @@ fn tail_sees_rows_as_they_are_written_and_counts_gaps_and_reboots() {
                 first_seen_while_writing = Some(!writer_done.load(Ordering::SeqCst));
             }
             samples.extend(b.samples);
+            seen.store(samples.len(), Ordering::SeqCst);
             events.extend(b.events);
         }
         writer.join().unwrap();
