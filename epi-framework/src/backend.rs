@@ -246,4 +246,136 @@ pub trait InferenceBackend: Send + Sync {
 
     /// Stops whatever `start` started. Safe to call twice.
     async fn stop(&mut self) -> Result<(), BackendError>;
+
+    /// What [`start`](InferenceBackend::start) is waiting for, for a progress display: take the
+    /// receiver before calling `start` and show each change ([`StartupProgress`] implements
+    /// `Display`). `None` (the default) for backends that start at once.
+    fn startup_progress(&self) -> Option<tokio::sync::watch::Receiver<Option<StartupProgress>>> {
+        None
+    }
+}
+
+/// What a starting backend is waiting for (set by the backend about once a second while it waits;
+/// `None` in the channel when it waits for nothing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartupProgress {
+    /// What it waits for: `dllama-api on 127.0.0.1:9990 (loading the model)`.
+    pub waiting_for: String,
+    /// Seconds waited so far for it.
+    pub elapsed_s: f64,
+    /// The most it will wait, s.
+    pub limit_s: f64,
+}
+
+impl std::fmt::Display for StartupProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "waiting for {}, {:.0} s of {:.0} s",
+            self.waiting_for, self.elapsed_s, self.limit_s
+        )
+    }
+}
+
+/// Which progress updates are worth a line on a plain (non-redrawing) output: the first of each
+/// new thing waited for, then one every `every_s` seconds while it lasts.
+#[derive(Debug, Clone)]
+pub struct ProgressLines {
+    every_s: f64,
+    last: Option<(String, f64)>,
+}
+
+impl ProgressLines {
+    /// A filter printing at most one line per `every_s` seconds of the same wait.
+    pub fn new(every_s: f64) -> ProgressLines {
+        ProgressLines {
+            every_s,
+            last: None,
+        }
+    }
+
+    /// Whether `p` deserves a line (and, if so, remembers it).
+    pub fn offer(&mut self, p: &StartupProgress) -> bool {
+        let due = match &self.last {
+            Some((what, at)) => *what != p.waiting_for || p.elapsed_s >= at + self.every_s,
+            None => true,
+        };
+        if due {
+            self.last = Some((p.waiting_for.clone(), p.elapsed_s));
+        }
+        due
+    }
+}
+
+/// Calls `show` with the updates [`ProgressLines`] lets through until the channel closes (the
+/// backend was dropped); meant to run beside `start` in a `select!`.
+pub async fn follow_startup_progress(
+    mut rx: tokio::sync::watch::Receiver<Option<StartupProgress>>,
+    every_s: f64,
+    mut show: impl FnMut(&StartupProgress),
+) {
+    let mut lines = ProgressLines::new(every_s);
+    loop {
+        let current = rx.borrow_and_update().clone();
+        if let Some(p) = current {
+            if lines.offer(&p) {
+                show(&p);
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(what: &str, s: f64) -> Option<StartupProgress> {
+        Some(StartupProgress {
+            waiting_for: what.into(),
+            elapsed_s: s,
+            limit_s: 900.0,
+        })
+    }
+
+    #[test]
+    fn progress_lines_on_each_new_wait_and_every_interval() {
+        let mut lines = ProgressLines::new(10.0);
+        let shown: Vec<String> = [
+            at("worker on a:1", 0.0),
+            at("worker on a:1", 4.0),
+            at("worker on a:1", 10.0),
+            at("dllama-api on a:2 (loading the model)", 10.5),
+            at("dllama-api on a:2 (loading the model)", 20.0),
+            at("dllama-api on a:2 (loading the model)", 25.0),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| lines.offer(p))
+        .map(|p| p.to_string())
+        .collect();
+        assert_eq!(
+            shown,
+            [
+                "waiting for worker on a:1, 0 s of 900 s",
+                "waiting for worker on a:1, 10 s of 900 s",
+                "waiting for dllama-api on a:2 (loading the model), 10 s of 900 s",
+                "waiting for dllama-api on a:2 (loading the model), 25 s of 900 s",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn following_ends_when_the_backend_drops_its_sender() {
+        let (tx, rx) = tokio::sync::watch::channel(at("x", 1.0));
+        let follower = tokio::spawn(async move {
+            let mut n = 0;
+            follow_startup_progress(rx, 10.0, |_| n += 1).await;
+            n
+        });
+        drop(tx);
+        assert_eq!(follower.await.unwrap(), 1);
+    }
 }

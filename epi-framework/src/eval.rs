@@ -9,8 +9,9 @@
 //!   `target_delimiter + choice` for each choice); `acc` from the largest summed log-probability,
 //!   `acc_norm` from the largest log-probability per character ([`SuiteItem::loglikelihood_predictions`]).
 //!   Each choice's exactness is recorded (the top-N method can be inexact).
-//! - **Generative.** [`generative_prompt`] renders the question with lettered choices (zero-shot,
-//!   [`GENERATIVE_INSTRUCTION`] first, `Answer:` last); decoding is greedy (temperature 0);
+//! - **Generative.** [`generative_prompt`] ([`crate::generative`]) renders the item's few-shot
+//!   examples (the log-likelihood mode's draws) and question as lettered questions, each example
+//!   with its answer letter, `Answer:` last; decoding is greedy (temperature 0);
 //!   [`parse_answer`] reads the reply strictly. An unparseable reply counts as wrong and is counted.
 //!   Items without choices (prompt files) are generated and recorded, with no prediction.
 //! - **Failures.** A query that fails after the backend's retries is recorded with its error and
@@ -39,9 +40,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
 
-/// The instruction that starts every generative prompt.
-pub const GENERATIVE_INSTRUCTION: &str =
-    "Answer the following multiple choice question with the letter of the correct choice only.\n\n";
+pub use crate::generative::{generative_prompt, shots_sent, GENERATIVE_INSTRUCTION};
 
 /// A new random run id (UUID v4).
 pub fn new_run_id() -> String {
@@ -148,42 +147,6 @@ pub fn choose_mode(
 /// The letter of choice `i` (`A`, `B`, …).
 pub fn choice_letter(i: usize) -> char {
     (b'A' + (i % 26) as u8) as char
-}
-
-/// The generative prompt of an item:
-///
-/// ```text
-/// Answer the following multiple choice question with the letter of the correct choice only.
-///
-/// <question>
-/// A. <choice 0>
-/// B. <choice 1>
-/// …
-/// Answer:
-/// ```
-///
-/// `<question>` is the suite's `question` with a trailing `Answer:` removed; when it already lists
-/// every choice as `A. <choice>` (MMLU's rendering), the choices are not listed twice.
-pub fn generative_prompt(item: &SuiteItem) -> String {
-    let mut stem = item.question.trim_end();
-    if let Some(s) = stem.strip_suffix("Answer:") {
-        stem = s.trim_end();
-    }
-    let listed = !item.choices.is_empty()
-        && item
-            .choices
-            .iter()
-            .enumerate()
-            .all(|(i, c)| stem.contains(&format!("{}. {}", choice_letter(i), c)));
-    let mut p = String::from(GENERATIVE_INSTRUCTION);
-    p.push_str(stem);
-    if !listed {
-        for (i, c) in item.choices.iter().enumerate() {
-            p.push_str(&format!("\n{}. {}", choice_letter(i), c));
-        }
-    }
-    p.push_str("\nAnswer:");
-    p
 }
 
 /// Reads a generated answer strictly; `None` when it is not one of these forms (letters are
@@ -696,6 +659,7 @@ mod tests {
             ],
             target_delimiter: " ".into(),
             gold: Some(gold),
+            generative: None,
         }
     }
 

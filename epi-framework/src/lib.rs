@@ -21,6 +21,7 @@ pub mod dynamic;
 pub mod energy;
 pub mod error;
 pub mod eval;
+pub mod generative;
 pub mod jsonio;
 pub mod metrics;
 pub mod plot;

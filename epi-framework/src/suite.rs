@@ -1,6 +1,7 @@
 //! The [`Suite`] trait: a benchmark that yields rendered items and aggregates their outcomes.
 
 use crate::backend::ScoringMode;
+use crate::generative::GenerativeForm;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -23,6 +24,11 @@ pub struct SuiteItem {
     pub target_delimiter: String,
     /// Index of the correct choice; `None` for prompt-only suites.
     pub gold: Option<usize>,
+    /// How the item is asked in generative mode (the few-shot examples and the question as
+    /// lettered questions, [`crate::generative`]); `None` for prompt-only items (and hand-built
+    /// items, which then get a zero-shot prompt).
+    #[serde(default)]
+    pub generative: Option<GenerativeForm>,
 }
 
 impl SuiteItem {
@@ -193,6 +199,7 @@ mod tests {
             choices: choices.iter().map(|c| c.to_string()).collect(),
             target_delimiter: " ".into(),
             gold: Some(0),
+            generative: None,
         }
     }
 

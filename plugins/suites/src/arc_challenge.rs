@@ -25,6 +25,11 @@ pub const DEFAULT_SHOTS: usize = 25;
 /// Directory under the data directory.
 pub const SUBDIR: &str = "arc_challenge";
 
+/// The description above generative prompts (lm-eval has no generative ARC task; the format is
+/// its generative MMLU's: `Question: <stem>`, lettered choices, `Answer: <letter>`).
+pub const GENERATIVE_DESCRIPTION: &str =
+    "The following are multiple choice questions (with answers) about grade-school science.\n\n";
+
 /// Settings of `[suite.arc-challenge]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,11 +123,11 @@ fn to_doc(
             format!("`{answer_key}` is not one of the choice labels {labels:?}"),
         )
     })?;
-    Ok(McDoc {
-        text: format!("Question: {question}\nAnswer:"),
-        choices: texts,
+    Ok(McDoc::with_text_choices(
+        format!("Question: {question}\nAnswer:"),
+        texts,
         gold,
-    })
+    ))
 }
 
 /// Where one split of ARC can be.
@@ -299,6 +304,7 @@ impl Suite for ArcChallenge {
             planned,
             &data.test,
             &data.train,
+            GENERATIVE_DESCRIPTION,
         ))
     }
 
@@ -376,6 +382,43 @@ mod tests {
     }
 
     #[test]
+    fn generative_prompts_send_the_same_examples_lettered() {
+        let items = suite(serde_json::json!({ "limit": 2 })).items().unwrap();
+        for item in &items {
+            let form = item.generative.as_ref().unwrap();
+            assert_eq!(form.examples.len(), 25);
+            // The log-likelihood context's examples, in its order.
+            assert!(crate::in_order(
+                &item.context,
+                form.examples
+                    .iter()
+                    .map(|e| format!("{}\nAnswer: {}\n\n", e.question, e.choices[e.gold]))
+            ));
+            assert_eq!(form.question.choices, item.choices);
+            assert_eq!(Some(form.question.gold), item.gold);
+            let p = epi_framework::generative::generative_prompt(item);
+            assert!(p.starts_with(GENERATIVE_DESCRIPTION));
+            assert_eq!(
+                p.matches("\nAnswer: ").count(),
+                25,
+                "one answered example per shot"
+            );
+            assert!(p.ends_with(&format!(
+                "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
+                form.question.question,
+                item.choices[0],
+                item.choices[1],
+                item.choices[2],
+                item.choices[3]
+            )));
+        }
+        let zero = suite(serde_json::json!({ "shots": 0, "limit": 1 }));
+        assert_eq!(zero.info().benchmark_key, "arc_challenge_0shot");
+        let p = epi_framework::generative::generative_prompt(&zero.items().unwrap()[0]);
+        assert!(!p.contains("Answer: "), "{p}");
+    }
+
+    #[test]
     fn benchmark_key_follows_the_shot_count() {
         assert_eq!(
             suite(serde_json::json!({})).info().benchmark_key,
@@ -428,6 +471,7 @@ mod tests {
             choices: choices.iter().map(|c| c.to_string()).collect(),
             target_delimiter: " ".into(),
             gold: Some(gold),
+            generative: None,
         }
     }
 

@@ -27,6 +27,12 @@ pub const DEFAULT_SHOTS: usize = 10;
 /// Directory under the data directory.
 pub const SUBDIR: &str = "hellaswag";
 
+/// The description above generative prompts (lm-eval has no generative HellaSwag task): each
+/// question is the cleaned context (`<activity>: <ctx>`), the choices its endings.
+pub const GENERATIVE_DESCRIPTION: &str = "The following are multiple choice questions (with answers) \
+     about everyday activities: each description is followed by possible endings, and the answer is \
+     the most plausible one.\n\n";
+
 /// Settings of `[suite.hellaswag]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,11 +143,7 @@ pub fn process_doc(doc: &RawDoc, at: &Location) -> Result<McDoc, SuiteError> {
                 ),
             )
         })?;
-    Ok(McDoc {
-        text: query,
-        choices,
-        gold,
-    })
+    Ok(McDoc::with_text_choices(query, choices, gold))
 }
 
 /// One split: raw records (for lm-eval's "is this the evaluated document" test) and rendered
@@ -328,6 +330,7 @@ impl Suite for Hellaswag {
             planned,
             &val.docs,
             &train.docs,
+            GENERATIVE_DESCRIPTION,
         ))
     }
 
@@ -491,6 +494,30 @@ mod tests {
             sha256(&items[2].context),
             "e46c4299d709b1281f9d2775c99726a1b632c4fbdd7d0ae5b237f3c6aa627a91"
         );
+    }
+
+    #[test]
+    fn generative_prompts_send_the_same_examples_lettered() {
+        let s = suite(&synthetic(), serde_json::json!({ "shots": 2 }));
+        assert_eq!(s.info().benchmark_key, "hellaswag_2shot");
+        for item in s.items().unwrap() {
+            let form = item.generative.as_ref().unwrap();
+            assert_eq!(form.examples.len(), 2);
+            assert!(crate::in_order(
+                &item.context,
+                form.examples
+                    .iter()
+                    .map(|e| format!("{} {}\n\n", e.question, e.choices[e.gold]))
+            ));
+            assert_eq!(form.question.question, item.question);
+            assert_eq!(form.question.choices, item.choices);
+            let p = epi_framework::generative::generative_prompt(&item);
+            assert!(p.starts_with(GENERATIVE_DESCRIPTION));
+            assert!(p.ends_with(&format!(
+                "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
+                item.question, item.choices[0], item.choices[1], item.choices[2], item.choices[3]
+            )));
+        }
     }
 
     /// A synthetic train split of the real size, so lm-eval's draw for document 0 can be checked

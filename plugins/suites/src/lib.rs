@@ -55,3 +55,16 @@ pub(crate) fn test_suite(
         .suite(key, &cfg)
         .unwrap()
 }
+
+/// Whether every piece occurs in `text`, each after the previous one (few-shot examples in order).
+#[cfg(test)]
+pub(crate) fn in_order(text: &str, pieces: impl IntoIterator<Item = String>) -> bool {
+    let mut from = 0;
+    for p in pieces {
+        match text[from..].find(&p) {
+            Some(i) => from += i + p.len(),
+            None => return false,
+        }
+    }
+    true
+}

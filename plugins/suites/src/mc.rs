@@ -3,6 +3,7 @@
 
 use crate::fewshot::Planned;
 use epi_framework::backend::ScoringMode;
+use epi_framework::generative::{GenerativeForm, LetteredQuestion};
 use epi_framework::metrics::bootstrap_mean_ci95;
 use epi_framework::suite::{ItemOutcome, MetricValue, SuiteItem, SuiteScore};
 use std::collections::BTreeMap;
@@ -28,9 +29,27 @@ pub struct McDoc {
     pub choices: Vec<String>,
     /// `doc_to_target`: the index of the correct choice.
     pub gold: usize,
+    /// The document as a generative prompt letters it (its question and choice texts).
+    pub lettered: LetteredQuestion,
 }
 
 impl McDoc {
+    /// A document whose choices are answer texts (ARC, HellaSwag): its generative form is its text,
+    /// less a trailing `\nAnswer:`, over those choices.
+    pub fn with_text_choices(text: String, choices: Vec<String>, gold: usize) -> McDoc {
+        let question = text.strip_suffix("\nAnswer:").unwrap_or(&text).to_string();
+        McDoc {
+            lettered: LetteredQuestion {
+                question,
+                choices: choices.clone(),
+                gold,
+            },
+            text,
+            choices,
+            gold,
+        }
+    }
+
     /// The correct choice's text (what a few-shot example shows after the delimiter).
     pub fn target(&self) -> &str {
         self.choices
@@ -127,28 +146,46 @@ pub fn acc_and_norm(
     (metrics, headline.to_string())
 }
 
+/// The generative form of a document asked after `shots` (the same examples, in the same order,
+/// as its log-likelihood context), below `description`.
+pub fn generative_form<'a>(
+    description: &str,
+    shots: impl IntoIterator<Item = &'a McDoc>,
+    doc: &McDoc,
+) -> GenerativeForm {
+    GenerativeForm {
+        description: description.to_string(),
+        examples: shots.into_iter().map(|s| s.lettered.clone()).collect(),
+        question: doc.lettered.clone(),
+    }
+}
+
 /// The items of a planned run: each evaluated document (`docs[p.doc]`, id `{split}/{index}`) with
-/// its examples from `pool` rendered into lm-eval's context (no description).
+/// its examples from `pool` rendered into lm-eval's context (no description), and into its
+/// generative form below `generative_description`.
 pub fn items_from_plan(
     suite: &str,
     split: &str,
     planned: Vec<Planned>,
     docs: &[McDoc],
     pool: &[McDoc],
+    generative_description: &str,
 ) -> Vec<SuiteItem> {
     planned
         .into_iter()
         .map(|p| {
             let doc = &docs[p.doc];
+            let shots = || p.shots.iter().map(|&i| &pool[i]);
             SuiteItem {
                 suite: suite.to_string(),
                 doc_id: format!("{split}/{}", p.doc),
                 subject: None,
-                context: render_context("", p.shots.iter().map(|&i| &pool[i]), doc),
+                context: render_context("", shots(), doc),
                 question: doc.text.clone(),
                 choices: doc.choices.clone(),
                 target_delimiter: TARGET_DELIMITER.to_string(),
                 gold: Some(doc.gold),
+                generative: Some(generative_form(generative_description, shots(), doc)),
             }
         })
         .collect()
@@ -182,20 +219,32 @@ mod tests {
 
     #[test]
     fn context_is_description_examples_then_question() {
-        let shot = McDoc {
-            text: "Q1\nAnswer:".into(),
-            choices: vec!["x".into(), "y".into()],
-            gold: 1,
-        };
-        let doc = McDoc {
-            text: "Q2\nAnswer:".into(),
-            choices: vec!["a".into()],
-            gold: 0,
-        };
+        let shot = McDoc::with_text_choices("Q1\nAnswer:".into(), vec!["x".into(), "y".into()], 1);
+        let doc = McDoc::with_text_choices("Q2\nAnswer:".into(), vec!["a".into()], 0);
         assert_eq!(
             render_context("D\n\n", [&shot, &shot], &doc),
             "D\n\nQ1\nAnswer: y\n\nQ1\nAnswer: y\n\nQ2\nAnswer:"
         );
         assert_eq!(render_context("", [], &doc), "Q2\nAnswer:");
+    }
+
+    #[test]
+    fn the_generative_form_has_the_same_examples_with_their_letters() {
+        let shot = McDoc::with_text_choices(
+            "Question: Q1\nAnswer:".into(),
+            vec!["x".into(), "y".into()],
+            1,
+        );
+        let doc = McDoc::with_text_choices(
+            "Question: Q2\nAnswer:".into(),
+            vec!["a".into(), "b".into()],
+            0,
+        );
+        let form = generative_form("D\n\n", [&shot, &shot], &doc);
+        assert_eq!(
+            form.render(),
+            "D\n\nQuestion: Q1\nA. x\nB. y\nAnswer: B\n\nQuestion: Q1\nA. x\nB. y\nAnswer: B\n\n\
+             Question: Q2\nA. a\nB. b\nAnswer:"
+        );
     }
 }

@@ -15,6 +15,7 @@ use crate::mc::{self, correct, mean_metric, render_context, McDoc, TARGET_DELIMI
 use crate::pystr::strip;
 use epi_framework::backend::ScoringMode;
 use epi_framework::error::{InputError, Location};
+use epi_framework::generative::LetteredQuestion;
 use epi_framework::metrics::bootstrap_mean_ci95;
 use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
 use epi_framework::suite::{
@@ -156,6 +157,11 @@ fn to_doc(question: &str, choices: &[String], answer: usize) -> McDoc {
         text,
         choices: LETTERS.iter().map(|l| l.to_string()).collect(),
         gold: answer,
+        lettered: LetteredQuestion {
+            question: strip(question).to_string(),
+            choices: choices.to_vec(),
+            gold: answer,
+        },
     }
 }
 
@@ -447,15 +453,19 @@ impl Suite for Mmlu {
             let desc = description(&s.subject);
             for p in planned {
                 let doc = &s.test[p.doc];
+                let shots = || p.shots.iter().map(|&i| &s.dev[i]);
                 items.push(SuiteItem {
                     suite: KEY.to_string(),
                     doc_id: format!("{}/test/{}", s.subject, p.doc),
                     subject: Some(s.subject.clone()),
-                    context: render_context(&desc, p.shots.iter().map(|&i| &s.dev[i]), doc),
+                    context: render_context(&desc, shots(), doc),
                     question: format!("{desc}{}", doc.text),
                     choices: doc.choices.clone(),
                     target_delimiter: TARGET_DELIMITER.to_string(),
                     gold: Some(doc.gold),
+                    // lm-eval's generative MMLU (`mmlu_*_generative`): the same text, examples
+                    // answered by their letters, so the prompt equals the context above.
+                    generative: Some(mc::generative_form(&desc, shots(), doc)),
                 });
             }
         }
@@ -624,6 +634,41 @@ mod tests {
         assert_eq!(items[0].subject.as_deref(), Some("abstract_algebra"));
         // The question is the zero-shot context.
         assert!(aa[0].question.starts_with("The following are multiple choice questions (with answers) about abstract algebra.\n\nFind the degree"));
+    }
+
+    /// lm-eval's generative MMLU (`mmlu_*_generative`, `generate_until`) renders the same text as
+    /// the log-likelihood task: the prompt is the context, byte for byte, and the choices are
+    /// listed once, with their texts (the bug: `A. A … D. D` appended under `A. 0 … D. 6`).
+    #[test]
+    fn generative_prompts_are_lm_evals_generative_mmlu() {
+        let s = suite(serde_json::json!({ "subjects": ["abstract_algebra"], "limit": 3 }));
+        for item in s.items().unwrap() {
+            let p = epi_framework::generative::generative_prompt(&item);
+            assert_eq!(p, item.context, "{}", item.doc_id);
+            assert_eq!(epi_framework::generative::shots_sent(&item), 5);
+            assert!(!p.contains("\nA. A\n"), "{p}");
+            assert_eq!(
+                p.matches("\nA. ").count(),
+                6,
+                "five examples and the question"
+            );
+        }
+        let first = &s.items().unwrap()[0];
+        let form = first.generative.as_ref().unwrap();
+        assert_eq!(form.question.choices, ["0", "4", "2", "6"]);
+        assert_eq!(form.examples[0].choices, ["0", "1", "2", "3"]);
+        assert_eq!(form.examples[0].gold, 1);
+
+        let zero =
+            suite(serde_json::json!({ "subjects": ["abstract_algebra"], "limit": 1, "shots": 0 }));
+        assert_eq!(zero.info().benchmark_key, "mmlu_0shot");
+        let item = &zero.items().unwrap()[0];
+        assert_eq!(epi_framework::generative::shots_sent(item), 0);
+        assert_eq!(
+            epi_framework::generative::generative_prompt(item),
+            item.context
+        );
+        assert!(!item.context.contains("Answer: "));
     }
 
     #[test]

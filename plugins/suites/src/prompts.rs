@@ -130,6 +130,7 @@ impl Suite for Prompts {
                 choices: Vec::new(),
                 target_delimiter: String::new(),
                 gold: None,
+                generative: None,
             })
             .collect())
     }
