@@ -372,6 +372,36 @@ impl EpiCalculator {
                 .and_then(|v| v.as_str().map(String::from))
         });
         let labels = &self.labels;
+        let instrument_default = meta
+            .map(|m| ("trace_meta", m.source.instrument.clone()))
+            .unwrap_or_else(|| ("configuration", self.default_instrument.clone()));
+        let overrides = label_overrides(&[
+            ("model", &labels.model, ("benchmark", bench.model.clone())),
+            (
+                "quantization",
+                &labels.quantization,
+                ("benchmark", bench.quantization.clone()),
+            ),
+            (
+                "surgery",
+                &labels.surgery,
+                ("benchmark", bench.surgery.clone()),
+            ),
+            (
+                "hardware",
+                &labels.hardware,
+                ("benchmark", bench.hardware.clone()),
+            ),
+            ("instrument", &labels.instrument, instrument_default),
+            (
+                "measurement_point",
+                &labels.measurement_point,
+                ("configuration", self.default_measurement_point.clone()),
+            ),
+        ]);
+        if !overrides.is_empty() {
+            extra.insert(LABEL_OVERRIDES.into(), serde_json::Value::Object(overrides));
+        }
         Ok(EpiResult {
             epi,
             joules_per_token: jpt,
@@ -413,6 +443,31 @@ impl EpiCalculator {
     }
 }
 
+/// The `run_metadata` key under which [`EpiCalculator::calculate`] records the labels the caller
+/// overrode ([`ResultLabels`]) where they differ from what the inputs say:
+/// `{"model": {"from": "benchmark", "was": "qwen3-30b-a3b"}, ...}` (`from` is `benchmark`,
+/// `trace_meta` or `configuration`; the value given is the result's own field). `epi validate`
+/// accepts a label that differs from the benchmark's only when it is recorded here.
+pub const LABEL_OVERRIDES: &str = "label_overrides";
+
+/// The `label_overrides` entries: each label given that differs from its default.
+fn label_overrides(
+    labels: &[(&str, &Option<String>, (&str, String))],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (field, given, (from, was)) in labels {
+        if let Some(given) = given {
+            if given != was {
+                out.insert(
+                    field.to_string(),
+                    serde_json::json!({ "from": from, "was": was }),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Wilson 95 % score interval of a proportion `p` over `n` items.
 pub fn wilson95(p: f64, n: u64) -> (f64, f64) {
     let z = 1.959_963_984_540_054_f64;
@@ -421,4 +476,24 @@ pub fn wilson95(p: f64, n: u64) -> (f64, f64) {
     let centre = (p + z * z / (2.0 * n)) / denom;
     let half = z * ((p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt()) / denom;
     ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_labels_that_differ_from_their_default_are_recorded_as_overrides() {
+        let given = Some("my-model".to_string());
+        let same = Some("Q4_K_M".to_string());
+        let m = label_overrides(&[
+            ("model", &given, ("benchmark", "qwen3".into())),
+            ("quantization", &same, ("benchmark", "Q4_K_M".into())),
+            ("surgery", &None, ("benchmark", "none".into())),
+        ]);
+        assert_eq!(
+            serde_json::Value::Object(m),
+            serde_json::json!({"model": {"from": "benchmark", "was": "qwen3"}})
+        );
+    }
 }

@@ -26,6 +26,13 @@
 //! library whose `epi_plugin_abi_version` is not [`ABI_VERSION`], that lacks either symbol, or whose
 //! descriptor disagrees is refused before any of its functions is called. (Loading a library runs
 //! its static initialisers, as any `dlopen` does: load only libraries you trust.)
+//!
+//! Before it is opened at all, a library must sit where nobody but the user and root could have
+//! written or replaced it ([`check_location`]): the file (symbolic links resolved) and every
+//! directory above it owned by the user or by root, the file and its own directory not writable
+//! by every user, and no directory above writable by every user unless it has the sticky bit
+//! (like `/tmp`, where others cannot rename what they do not own). Otherwise it is refused, with
+//! the offending path, its owner or mode, and nothing of it is loaded.
 
 use crate::error::Error;
 use crate::power::{PowerError, PowerSource};
@@ -115,8 +122,88 @@ pub fn load_into(registry: &mut Registry, path: &Path) -> Result<(), Error> {
     })
 }
 
+/// Refuses a library someone other than the user or root could have written or replaced (see
+/// the module documentation); returns its resolved path, the one to load.
+pub fn check_location(path: &Path) -> Result<std::path::PathBuf, Error> {
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| refuse(path, format!("cannot resolve the library path: {e}")))?;
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| refuse(path, format!("cannot read {}: {e}", real.display())))?;
+    if !meta.is_file() {
+        return Err(refuse(
+            path,
+            format!("{} is not a regular file", real.display()),
+        ));
+    }
+    check_entry(path, &real, &meta, "the library", false)?;
+    let mut own_dir = true;
+    let mut dir = real.parent();
+    while let Some(d) = dir {
+        let m = std::fs::metadata(d)
+            .map_err(|e| refuse(path, format!("cannot read {}: {e}", d.display())))?;
+        let what = if own_dir {
+            "its directory"
+        } else {
+            "the directory above it"
+        };
+        check_entry(path, d, &m, what, !own_dir)?;
+        own_dir = false;
+        dir = d.parent();
+    }
+    Ok(real)
+}
+
+#[cfg(unix)]
+fn check_entry(
+    lib: &Path,
+    p: &Path,
+    m: &std::fs::Metadata,
+    what: &str,
+    sticky_ok: bool,
+) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let owner = m.uid();
+    if owner != me && owner != 0 {
+        return Err(refuse(
+            lib,
+            format!(
+                "{what} {} is owned by uid {owner}, neither you (uid {me}) nor root: refused, not loaded",
+                p.display()
+            ),
+        ));
+    }
+    let mode = m.mode();
+    let world_writable = mode & 0o002 != 0;
+    let sticky = mode & 0o1000 != 0;
+    if world_writable && !(sticky_ok && sticky) {
+        return Err(refuse(
+            lib,
+            format!(
+                "{what} {} is writable by every user (mode {:04o}): refused, not loaded",
+                p.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_entry(
+    _lib: &Path,
+    _p: &Path,
+    _m: &std::fs::Metadata,
+    _what: &str,
+    _sticky_ok: bool,
+) -> Result<(), Error> {
+    Ok(())
+}
+
 fn open_checked(path: &Path) -> Result<Library, Error> {
-    let lib = unsafe { libloading::Library::new(path) }
+    let real = check_location(path)?;
+    let lib = unsafe { libloading::Library::new(&real) }
         .map_err(|e| refuse(path, format!("cannot load library: {e}")))?;
     let version: u32 = unsafe {
         let sym = lib
@@ -360,5 +447,105 @@ impl PowerSource for DynamicPowerSource {
 
     async fn close(&mut self) -> Result<(), PowerError> {
         Ok(())
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn lib_in(dir: &Path) -> std::path::PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        chmod(dir, 0o755);
+        let p = dir.join("libx.so");
+        std::fs::write(&p, b"not really a library").unwrap();
+        chmod(&p, 0o644);
+        p
+    }
+
+    fn refused(p: &Path) -> String {
+        check_location(p).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_library_only_the_user_can_write_passes() {
+        let t = tempfile::tempdir().unwrap();
+        let p = lib_in(&t.path().join("plugins"));
+        assert_eq!(
+            check_location(&p).unwrap(),
+            std::fs::canonicalize(&p).unwrap()
+        );
+        // Through a symbolic link, the real file is what is checked and loaded.
+        let link = t.path().join("link.so");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert_eq!(check_location(&link).unwrap(), check_location(&p).unwrap());
+    }
+
+    #[test]
+    fn world_writable_files_and_directories_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = lib_in(&t.path().join("open"));
+        chmod(&p, 0o666);
+        let e = refused(&p);
+        assert!(
+            e.contains("the library") && e.contains("writable by every user (mode 0666)"),
+            "{e}"
+        );
+        chmod(&p, 0o644);
+        chmod(&t.path().join("open"), 0o777);
+        let e = refused(&p);
+        assert!(
+            e.contains("its directory") && e.contains("mode 0777") && e.contains("not loaded"),
+            "{e}"
+        );
+        // Sticky does not make the library's own directory safe (anyone may add files there) ...
+        chmod(&t.path().join("open"), 0o1777);
+        assert!(refused(&p).contains("mode 1777"));
+        // ... but a sticky world-writable directory further up (like /tmp) is fine, and a plain
+        // world-writable one is not.
+        let deep = lib_in(&t.path().join("up").join("lib"));
+        chmod(&t.path().join("up"), 0o1777);
+        assert!(check_location(&deep).is_ok());
+        chmod(&t.path().join("up"), 0o777);
+        let e = refused(&deep);
+        assert!(
+            e.contains("the directory above it") && e.contains("mode 0777"),
+            "{e}"
+        );
+        chmod(&t.path().join("up"), 0o755);
+    }
+
+    #[test]
+    fn a_library_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Only root can give a file away; CI runs as root.
+            assert!(
+                std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(),
+                "this test needs root (EPI_REQUIRE_SYSTEM_TOOLS is set)"
+            );
+            eprintln!("skipping: needs root to chown");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let p = lib_in(&t.path().join("theirs"));
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        let e = refused(&p);
+        assert!(
+            e.contains("owned by uid 65534") && e.contains("refused"),
+            "{e}"
+        );
+        std::os::unix::fs::chown(&p, Some(0), Some(0)).unwrap();
+        std::os::unix::fs::chown(t.path().join("theirs"), Some(65534), None).unwrap();
+        let e = refused(&p);
+        assert!(
+            e.contains("its directory") && e.contains("uid 65534"),
+            "{e}"
+        );
     }
 }
