@@ -11,17 +11,25 @@
 //!    `echo` (recorded), older builds reject it.
 //! 2. **top-n** — llama.cpp's native `/completion` with a token-id prompt, `n_predict: 1`,
 //!    `n_probs: N`, teacher-forced token by token; exact per item only when every continuation token
-//!    was within the top N ([`ContinuationScore::exact`]).
+//!    was within the top N ([`ContinuationScore::exact`]) and the value is the single-pass one. In
+//!    the default [`TopNMode::SinglePass`] every request evaluates its whole prompt afresh
+//!    (`cache_prompt: false`), one request at a time, so the same command on the same server gives
+//!    the same numbers; [`TopNMode::Cached`] reuses the prompt cache across slots (faster, not
+//!    reproducible, never exact).
 //! 3. otherwise none: generative scoring only.
 //!
 //! Every request body is validated before it is sent (valid JSON, message `content` a string),
 //! headers go out in title case (`Content-Length`: dllama-api reads no other spelling and dies on a
-//! lower-case one), a semaphore keeps at most `max_concurrency` requests in flight, and every
-//! request has a timeout and retries with exponential back-off. A server that refuses connections
-//! is reported as unavailable, never waited on.
+//! lower-case one), at most `max_concurrency` requests are in flight and, on llama-server, never
+//! more prompt tokens than its shared context holds (see [`transport`]); every request has a
+//! timeout and retries with exponential back-off. A server that refuses connections, or stops
+//! accepting new ones while a request is pending, is reported as unavailable, never waited on.
+
+mod replies;
+mod single_pass;
+mod transport;
 
 use crate::loglik::{self, ScoringStats, TopN};
-use crate::sse::SseReader;
 use epi_framework::backend::{
     BackendCapabilities, BackendError, BackendInfo, ContinuationScore, GenerateRequest,
     GenerateResponse, InferenceBackend, LoglikelihoodRequest, LoglikelihoodResponse,
@@ -29,11 +37,15 @@ use epi_framework::backend::{
 };
 use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
 use epi_framework::Error;
+use replies::usage_counts;
+use replies::{error_message, finish_reason, parse_echo, parse_token_ids, snippet};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use single_pass::{SinglePass, SlotState, CHECK_TOLERANCE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use transport::{Generated, KvBudget, Liveness};
 
 /// The text probed at start to find out whether the server returns prompt log-probabilities
 /// (the prompt of the llama-server recordings, plus its continuation).
@@ -115,8 +127,42 @@ impl BosPolicy {
     }
 }
 
+/// How llama.cpp's top-N requests evaluate their prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopNMode {
+    /// Every request evaluates its whole prompt afresh (`cache_prompt: false`) in one pass, and
+    /// requests go one at a time: each value is the single-pass value (logits of one forward pass
+    /// over the prompt) and the same command on the same server gives the same numbers. The
+    /// default.
+    #[default]
+    SinglePass,
+    /// The prompt cache reuses the shared context; continuation tokens are evaluated one at a
+    /// time, slots in parallel. Fewer tokens evaluated, but llama.cpp's numbers then depend on
+    /// batch shapes and on what other slots do: not reproducible, and no value is marked exact.
+    Cached,
+}
+
+impl TopNMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            TopNMode::SinglePass => "single-pass",
+            TopNMode::Cached => "cached",
+        }
+    }
+}
+
 fn default_top_n() -> u32 {
     100
+}
+fn default_liveness_interval_s() -> f64 {
+    1.0
+}
+fn default_min_batch_tokens() -> usize {
+    64
+}
+fn default_max_batch_tokens() -> usize {
+    256
 }
 fn default_timeout_s() -> f64 {
     600.0
@@ -153,10 +199,21 @@ pub struct OpenAiConfig {
     /// N of the top-n method (llama.cpp `n_probs`).
     #[serde(default = "default_top_n")]
     pub top_n: u32,
+    /// How top-N requests evaluate their prompts (`single-pass`, `cached`).
+    #[serde(default)]
+    pub top_n_mode: TopNMode,
+    /// Single-pass mode: the fewest tokens one request evaluates together (below it llama.cpp's
+    /// CPU kernels differ: ggml's flash-attention tile of 64 query rows).
+    #[serde(default = "default_min_batch_tokens")]
+    pub min_batch_tokens: usize,
+    /// Single-pass mode: the most tokens one request evaluates (at most the server's `-ub`).
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
     /// BOS policy for scored token sequences (`none`, `model-default`).
     #[serde(default)]
     pub bos: BosPolicy,
-    /// Requests in flight at once; default: llama.cpp's slot count, else 1.
+    /// Requests in flight at once; default: 1, or llama.cpp's slot count in the `cached` top-N
+    /// mode (and never more prompt tokens at once than llama.cpp's context holds).
     #[serde(default)]
     pub max_concurrency: Option<usize>,
     /// Whole-request timeout, s.
@@ -171,6 +228,11 @@ pub struct OpenAiConfig {
     /// First back-off before a retry, s; doubled for each further retry.
     #[serde(default = "default_backoff_s")]
     pub retry_backoff_s: f64,
+    /// While a request is pending, try a new connection to the server this often (s) and give up
+    /// at once when it is refused (the server stopped listening); 0 turns the check off. Never
+    /// done with dllama-api, which would read the probe as a request.
+    #[serde(default = "default_liveness_interval_s")]
+    pub liveness_interval_s: f64,
 }
 
 impl OpenAiConfig {
@@ -183,12 +245,16 @@ impl OpenAiConfig {
             server: ServerKind::Auto,
             loglikelihood: LoglikelihoodMethod::Auto,
             top_n: default_top_n(),
+            top_n_mode: TopNMode::SinglePass,
+            min_batch_tokens: default_min_batch_tokens(),
+            max_batch_tokens: default_max_batch_tokens(),
             bos: BosPolicy::None,
             max_concurrency: None,
             timeout_s: default_timeout_s(),
             connect_timeout_s: default_connect_timeout_s(),
             retries: default_retries(),
             retry_backoff_s: default_backoff_s(),
+            liveness_interval_s: default_liveness_interval_s(),
         }
     }
 
@@ -201,12 +267,23 @@ impl OpenAiConfig {
         if self.max_concurrency == Some(0) {
             return Err("max_concurrency: expected at least 1".into());
         }
+        if self.min_batch_tokens == 0 {
+            return Err("min_batch_tokens: expected at least 1".into());
+        }
+        if self.max_batch_tokens < 2 * self.min_batch_tokens {
+            return Err(format!(
+                "max_batch_tokens: {} is less than twice min_batch_tokens ({})",
+                self.max_batch_tokens, self.min_batch_tokens
+            ));
+        }
         for (name, v) in [
             ("timeout_s", self.timeout_s),
             ("connect_timeout_s", self.connect_timeout_s),
             ("retry_backoff_s", self.retry_backoff_s),
+            ("liveness_interval_s", self.liveness_interval_s),
         ] {
-            if !(v.is_finite() && v >= 0.0) || (name != "retry_backoff_s" && v == 0.0) {
+            let zero_ok = matches!(name, "retry_backoff_s" | "liveness_interval_s");
+            if !(v.is_finite() && v >= 0.0) || (!zero_ok && v == 0.0) {
                 return Err(format!("{name}: {v} is not a positive number of seconds"));
             }
         }
@@ -307,12 +384,6 @@ impl Profile {
     }
 }
 
-/// One HTTP exchange's outcome, kept for errors and statistics.
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
 /// The state built by `start`.
 struct Session {
     http: reqwest::Client,
@@ -323,6 +394,12 @@ struct Session {
     ll: LoglikelihoodSupport,
     permits: Arc<Semaphore>,
     max_concurrency: usize,
+    /// llama-server's shared context, as a budget of tokens in flight.
+    kv: Option<KvBudget>,
+    /// The liveness check of pending requests.
+    liveness: Option<Liveness>,
+    /// The single-pass top-N state (llama-server in the single-pass mode).
+    single_pass: Option<SinglePass>,
 }
 
 /// The `openai` backend. Also the HTTP client of the `distributed-llama` backend.
@@ -390,153 +467,10 @@ impl OpenAiBackend {
             .map_err(|e| self.err_setup(format!("cannot build the HTTP client: {e}")))
     }
 
-    /// Sends one request with retries; returns the reply of the last attempt that got one.
-    async fn send(
-        &self,
-        s: &Session,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(Reply, Duration), BackendError> {
-        let bytes = match body {
-            Some(b) => {
-                Some(validate_body(b).map_err(|m| self.err_invalid(format!("{path}: {m}")))?)
-            }
-            None => None,
-        };
-        let url = format!("{}{}", s.root, path);
-        let attempts = self.config.retries + 1;
-        let mut last_err = String::new();
-        let mut last = Failure::Http;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let wait = self.config.retry_backoff_s * 2f64.powi(attempt as i32 - 1);
-                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            }
-            let _permit = s
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| self.err_setup("the backend was stopped".into()))?;
-            let t0 = Instant::now();
-            let mut req = s.http.request(method.clone(), &url);
-            if let Some(b) = &bytes {
-                req = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(b.clone());
-            }
-            if let Some(k) = &s.api_key {
-                req = req.bearer_auth(k);
-            }
-            match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    match resp.bytes().await {
-                        Ok(body) => {
-                            let reply = Reply {
-                                status,
-                                body: body.to_vec(),
-                            };
-                            if status == 429 || status >= 500 {
-                                last = Failure::Http;
-                                last_err = format!(
-                                    "{path}: HTTP {status}: {}",
-                                    error_message(&reply.body)
-                                );
-                                continue;
-                            }
-                            return Ok((reply, t0.elapsed()));
-                        }
-                        Err(e) => {
-                            last = Failure::of(&e);
-                            last_err = format!("{path}: reading the reply: {}", describe(&e));
-                        }
-                    }
-                }
-                Err(e) => {
-                    last = Failure::of(&e);
-                    last_err = format!("{path}: {}", describe(&e));
-                }
-            }
-        }
-        Err(self.give_up(s, last, attempts, last_err))
-    }
-
-    /// The error after the last attempt failed: a server that refuses connections is
-    /// unavailable (dead), a timeout is a timeout, anything else a bad reply.
-    fn give_up(&self, s: &Session, last: Failure, attempts: u32, message: String) -> BackendError {
-        match last {
-            Failure::Connect => self.err_unavailable(format!(
-                "{} cannot be reached after {attempts} attempt(s) (did the server die?): {message}",
-                s.root
-            )),
-            Failure::Timeout => BackendError::Timeout {
-                backend: self.key.clone(),
-                attempts,
-                message,
-            },
-            Failure::Http | Failure::Broken => self.err_bad(format!(
-                "no usable reply after {attempts} attempt(s): {message}"
-            )),
-        }
-    }
-
-    /// POSTs JSON and parses a JSON reply; non-2xx replies are errors with the server's message.
-    async fn post_json(
-        &self,
-        s: &Session,
-        path: &str,
-        body: &Value,
-    ) -> Result<(Value, Duration), BackendError> {
-        let (reply, dt) = self
-            .send(s, reqwest::Method::POST, path, Some(body))
-            .await?;
-        self.json_reply(path, reply).map(|v| (v, dt))
-    }
-
-    async fn get_json(&self, s: &Session, path: &str) -> Result<Value, BackendError> {
-        let (reply, _) = self.send(s, reqwest::Method::GET, path, None).await?;
-        self.json_reply(path, reply)
-    }
-
-    fn json_reply(&self, path: &str, reply: Reply) -> Result<Value, BackendError> {
-        if !(200..300).contains(&reply.status) {
-            return Err(self.err_bad(format!(
-                "{path}: HTTP {}: {}",
-                reply.status,
-                error_message(&reply.body)
-            )));
-        }
-        serde_json::from_slice(&reply.body).map_err(|e| {
-            self.err_bad(format!(
-                "{path}: the reply is not JSON ({e}): {}",
-                snippet(&reply.body)
-            ))
-        })
-    }
-
-    /// GETs a JSON object, or `None` when the route is absent or not JSON (detection probes).
-    async fn try_get_json(&self, s: &Session, path: &str) -> Result<Option<Value>, BackendError> {
-        match self.send(s, reqwest::Method::GET, path, None).await {
-            Ok((reply, _)) if (200..300).contains(&reply.status) => {
-                Ok(serde_json::from_slice::<Value>(&reply.body)
-                    .ok()
-                    .filter(Value::is_object))
-            }
-            Ok(_) => Ok(None),
-            Err(e @ BackendError::Unavailable { .. }) => Err(e),
-            Err(_) => Ok(None),
-        }
-    }
-
     /// The server's token ids for `text`, following the BOS policy.
-    async fn tokenize(
-        &self,
-        s: &Session,
-        text: &str,
-        stats: &mut ScoringStats,
-    ) -> Result<Vec<u32>, BackendError> {
-        self.tokenize_with(s, text, self.config.bos == BosPolicy::ModelDefault, stats)
+    /// Tokenize calls are not scoring requests: no [`ScoringStats`] counts them.
+    async fn tokenize(&self, s: &Session, text: &str) -> Result<Vec<u32>, BackendError> {
+        self.tokenize_with(s, text, self.config.bos == BosPolicy::ModelDefault)
             .await
     }
 
@@ -545,7 +479,6 @@ impl OpenAiBackend {
         s: &Session,
         text: &str,
         add_special: bool,
-        stats: &mut ScoringStats,
     ) -> Result<Vec<u32>, BackendError> {
         let body = match s.profile.kind {
             ServerKind::LlamaCpp => json!({"content": text, "add_special": add_special}),
@@ -563,8 +496,7 @@ impl OpenAiBackend {
                 })
             }
         };
-        let (v, _) = self.post_json(s, "/tokenize", &body).await?;
-        stats.requests += 1;
+        let (v, _) = self.post_json(s, "/tokenize", &body, None).await?;
         parse_token_ids(&v).map_err(|m| self.err_bad(format!("/tokenize: {m}")))
     }
 
@@ -616,6 +548,9 @@ impl OpenAiBackend {
                 }
             }
         }
+        if kind == ServerKind::LlamaCpp {
+            self.read_llama_slots(s, &mut details).await?;
+        }
         details.insert(
             "server_kind".into(),
             serde_json::to_value(kind).unwrap_or(Value::Null),
@@ -632,6 +567,34 @@ impl OpenAiBackend {
                 .map(str::to_string);
         }
         Ok(details)
+    }
+
+    /// Reads llama-server's `/slots` (when the endpoint is on): each slot's context. The smallest
+    /// bounds what one request may hold.
+    async fn read_llama_slots(
+        &self,
+        s: &mut Session,
+        details: &mut serde_json::Map<String, Value>,
+    ) -> Result<(), BackendError> {
+        let Some(slots) = self.try_get_json(s, "/slots").await? else {
+            details.insert("slots_endpoint".into(), json!("unavailable"));
+            return Ok(());
+        };
+        let Some(list) = slots.as_array() else {
+            details.insert("slots_endpoint".into(), json!("not a list"));
+            return Ok(());
+        };
+        let n_ctx: Vec<u64> = list
+            .iter()
+            .filter_map(|x| x.get("n_ctx").and_then(Value::as_u64))
+            .collect();
+        if !list.is_empty() && n_ctx.len() == list.len() {
+            s.profile.slots = Some(list.len());
+            let min = n_ctx.iter().copied().min().unwrap_or(0);
+            s.profile.n_ctx = Some(s.profile.n_ctx.map_or(min, |n| n.min(min)));
+            details.insert("slots_n_ctx".into(), json!(n_ctx));
+        }
+        Ok(())
     }
 
     fn read_llama_props(
@@ -664,14 +627,19 @@ impl OpenAiBackend {
 
     /// Asks for prompt log-probabilities of [`PROBE_TEXT`] and says whether they really came back.
     async fn probe_echo(&self, s: &Session) -> Result<Result<(), String>, BackendError> {
-        let mut stats = ScoringStats::default();
-        let ids = self.tokenize(s, PROBE_TEXT, &mut stats).await?;
+        let ids = self.tokenize(s, PROBE_TEXT).await?;
         let mut body = json!({"prompt": ids, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": true});
         if let Some(m) = &s.model {
             body["model"] = json!(m);
         }
         let (reply, _) = self
-            .send(s, reqwest::Method::POST, "/v1/completions", Some(&body))
+            .send(
+                s,
+                reqwest::Method::POST,
+                "/v1/completions",
+                Some(&body),
+                None,
+            )
             .await?;
         if !(200..300).contains(&reply.status) {
             return Ok(Err(format!(
@@ -723,9 +691,8 @@ impl OpenAiBackend {
                 s.profile.kind.name()
             )));
         }
-        let mut stats = ScoringStats::default();
-        let ids = self.tokenize(s, PROBE_TEXT, &mut stats).await?;
-        match self.top_n_query(s, ids).await {
+        let ids = self.tokenize(s, PROBE_TEXT).await?;
+        match self.top_n_request(s, &ids, None, false).await {
             Ok(t) if !t.entries.is_empty() => Ok(Ok(())),
             Ok(_) => Ok(Err("no top-N log-probabilities in the reply".into())),
             Err(e @ BackendError::Unavailable { .. }) => Err(e),
@@ -733,19 +700,10 @@ impl OpenAiBackend {
         }
     }
 
-    /// One top-N request: the `n` most likely next tokens after `prompt` (token ids, no BOS added
-    /// by the server).
-    async fn top_n_query(&self, s: &Session, prompt: Vec<u32>) -> Result<TopN, BackendError> {
-        let body = json!({
-            "prompt": prompt,
-            "n_predict": 1,
-            "n_probs": self.config.top_n,
-            "temperature": 0.0,
-            "cache_prompt": true,
-            "post_sampling_probs": false,
-        });
-        let (v, _) = self.post_json(s, "/completion", &body).await?;
-        parse_top_n(&v, prompt.len() as u64).map_err(|m| self.err_bad(format!("/completion: {m}")))
+    /// One top-N request of the cached mode: the `n` most likely next tokens after `prompt` (token
+    /// ids, no BOS added by the server), the prompt cache reused by whichever slot gets it.
+    async fn top_n_cached(&self, s: &Session, prompt: Vec<u32>) -> Result<TopN, BackendError> {
+        self.top_n_request(s, &prompt, None, true).await
     }
 
     async fn score_echo(
@@ -767,7 +725,7 @@ impl OpenAiBackend {
         if let Some(m) = &s.model {
             body["model"] = json!(m);
         }
-        let (v, _) = self.post_json(s, "/v1/completions", &body).await?;
+        let (v, _) = self.post_json(s, "/v1/completions", &body, None).await?;
         let (tin, cached, tout) = usage_counts(&v);
         stats.add(tin.unwrap_or(0), cached, tout.unwrap_or(0));
         parse_echo(&v, ctx.len(), conts)
@@ -811,11 +769,16 @@ impl OpenAiBackend {
         } else {
             "/v1/completions"
         };
+        // The tokens it will hold in the server's context: at most one per byte of the prompt
+        // (plus a chat template's), plus what it may generate.
+        let kv_tokens =
+            req.prompt.len() as u64 + if chat { 64 } else { 1 } + u64::from(req.max_tokens);
         let t0 = Instant::now();
         let (mut text, finish, usage, ttft) = if req.stream {
-            self.stream(s, path, &body, chat, t0).await?
+            self.stream(s, path, &body, chat, t0, Some(kv_tokens))
+                .await?
         } else {
-            self.once(s, path, &body, chat).await?
+            self.once(s, path, &body, chat, Some(kv_tokens)).await?
         };
         let latency_s = t0.elapsed().as_secs_f64();
         // Servers that ignore `stop` (dllama-api) are cut here; the tokens were generated anyway.
@@ -832,13 +795,8 @@ impl OpenAiBackend {
         let source = if tokens_in.is_some() || tokens_out.is_some() {
             TokenCountSource::Usage
         } else if s.profile.tokenizer {
-            let mut st = ScoringStats::default();
-            tokens_in = Some(
-                self.tokenize_with(s, &req.prompt, false, &mut st)
-                    .await?
-                    .len() as u64,
-            );
-            tokens_out = Some(self.tokenize_with(s, &text, false, &mut st).await?.len() as u64);
+            tokens_in = Some(self.tokenize_with(s, &req.prompt, false).await?.len() as u64);
+            tokens_out = Some(self.tokenize_with(s, &text, false).await?.len() as u64);
             TokenCountSource::Tokenizer
         } else {
             TokenCountSource::Unknown
@@ -855,23 +813,15 @@ impl OpenAiBackend {
         })
     }
 
-    #[allow(clippy::type_complexity)]
     async fn once(
         &self,
         s: &Session,
         path: &str,
         body: &Value,
         chat: bool,
-    ) -> Result<
-        (
-            String,
-            Option<String>,
-            (Option<u64>, Option<u64>, Option<u64>),
-            Option<f64>,
-        ),
-        BackendError,
-    > {
-        let (v, _) = self.post_json(s, path, body).await?;
+        kv_tokens: Option<u64>,
+    ) -> Result<Generated, BackendError> {
+        let (v, _) = self.post_json(s, path, body, kv_tokens).await?;
         let choice = v
             .get("choices")
             .and_then(Value::as_array)
@@ -898,345 +848,6 @@ impl OpenAiBackend {
         let finish = finish_reason(choice);
         Ok((text, finish, usage_counts(&v), None))
     }
-
-    #[allow(clippy::type_complexity)]
-    async fn stream(
-        &self,
-        s: &Session,
-        path: &str,
-        body: &Value,
-        chat: bool,
-        t0: Instant,
-    ) -> Result<
-        (
-            String,
-            Option<String>,
-            (Option<u64>, Option<u64>, Option<u64>),
-            Option<f64>,
-        ),
-        BackendError,
-    > {
-        use futures_util::StreamExt;
-        let bytes = validate_body(body).map_err(|m| self.err_invalid(format!("{path}: {m}")))?;
-        let url = format!("{}{}", s.root, path);
-        let attempts = self.config.retries + 1;
-        let mut last = String::new();
-        let mut last_kind = Failure::Http;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs_f64(
-                    self.config.retry_backoff_s * 2f64.powi(attempt as i32 - 1),
-                ))
-                .await;
-            }
-            let _permit = s
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| self.err_setup("the backend was stopped".into()))?;
-            let mut req = s
-                .http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(reqwest::header::ACCEPT, "text/event-stream")
-                .body(bytes.clone());
-            if let Some(k) = &s.api_key {
-                req = req.bearer_auth(k);
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last_kind = Failure::of(&e);
-                    last = format!("{path}: {}", describe(&e));
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            if !(200..300).contains(&status) {
-                let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-                last = format!("{path}: HTTP {status}: {}", error_message(&body));
-                if status == 429 || status >= 500 {
-                    last_kind = Failure::Http;
-                    continue;
-                }
-                return Err(self.err_bad(last));
-            }
-            let mut reader = SseReader::new();
-            let mut stream = resp.bytes_stream();
-            let mut text = String::new();
-            let mut finish = None;
-            let mut usage = (None, None, None);
-            let mut ttft = None;
-            let mut done = false;
-            let mut failed = None;
-            loop {
-                let (events, ended) = match stream.next().await {
-                    Some(Ok(chunk)) => (reader.push(&chunk), false),
-                    Some(Err(e)) => {
-                        last_kind = Failure::of(&e);
-                        failed = Some(format!("{path}: the stream broke: {}", describe(&e)));
-                        break;
-                    }
-                    // The body ended: a last event without a blank line (dllama-api's `[DONE]`).
-                    None => (reader.finish(), true),
-                };
-                for data in events {
-                    if data.trim() == "[DONE]" {
-                        done = true;
-                        break;
-                    }
-                    let v: Value = serde_json::from_str(&data).map_err(|e| {
-                        self.err_bad(format!(
-                            "{path}: a stream event is not JSON ({e}): {}",
-                            snippet(data.as_bytes())
-                        ))
-                    })?;
-                    if let Some(choice) = v
-                        .get("choices")
-                        .and_then(Value::as_array)
-                        .and_then(|c| c.first())
-                    {
-                        let piece = if chat {
-                            choice.pointer("/delta/content").and_then(Value::as_str)
-                        } else {
-                            choice.get("text").and_then(Value::as_str)
-                        };
-                        if let Some(p) = piece {
-                            if !p.is_empty() && ttft.is_none() {
-                                ttft = Some(t0.elapsed().as_secs_f64());
-                            }
-                            text.push_str(p);
-                        }
-                        if let Some(f) = finish_reason(choice) {
-                            finish = Some(f);
-                        }
-                    }
-                    let u = usage_counts(&v);
-                    if u.0.is_some() || u.2.is_some() {
-                        usage = u;
-                    }
-                }
-                if done || ended {
-                    break;
-                }
-            }
-            if let Some(f) = failed {
-                last = f;
-                continue;
-            }
-            return Ok((text, finish, usage, ttft));
-        }
-        Err(self.give_up(s, last_kind, attempts, last))
-    }
-}
-
-/// How an attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// No connection (refused, unreachable).
-    Connect,
-    /// No reply in time.
-    Timeout,
-    /// An HTTP 429 or 5xx reply.
-    Http,
-    /// The connection broke before the reply was complete.
-    Broken,
-}
-
-impl Failure {
-    fn of(e: &reqwest::Error) -> Failure {
-        if e.is_connect() {
-            Failure::Connect
-        } else if e.is_timeout() {
-            Failure::Timeout
-        } else {
-            Failure::Broken
-        }
-    }
-}
-
-fn finish_reason(choice: &Value) -> Option<String> {
-    choice
-        .get("finish_reason")
-        .and_then(Value::as_str)
-        .filter(|f| !f.is_empty())
-        .map(str::to_string)
-}
-
-/// `(prompt_tokens, cached_tokens, completion_tokens)` from `usage` (and llama.cpp's `timings`).
-fn usage_counts(v: &Value) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let u = v.get("usage").filter(|u| u.is_object());
-    let tin = u
-        .and_then(|u| u.get("prompt_tokens"))
-        .and_then(Value::as_u64);
-    let tout = u
-        .and_then(|u| u.get("completion_tokens"))
-        .and_then(Value::as_u64);
-    let cached = u
-        .and_then(|u| u.pointer("/prompt_tokens_details/cached_tokens"))
-        .and_then(Value::as_u64)
-        .or_else(|| v.pointer("/timings/cache_n").and_then(Value::as_u64));
-    (tin, cached, tout)
-}
-
-/// Token ids from a `/tokenize` reply: `{"tokens": [ids]}` or `{"tokens": [{"id", "piece"}]}`.
-fn parse_token_ids(v: &Value) -> Result<Vec<u32>, String> {
-    let toks = v
-        .get("tokens")
-        .and_then(Value::as_array)
-        .ok_or("no `tokens` array in the reply")?;
-    toks.iter()
-        .map(|t| {
-            t.as_u64()
-                .or_else(|| t.get("id").and_then(Value::as_u64))
-                .and_then(|x| u32::try_from(x).ok())
-                .ok_or_else(|| format!("`{t}` is not a token id"))
-        })
-        .collect()
-}
-
-/// The top-N list of llama.cpp's `/completion` reply
-/// (`completion_probabilities[0].top_logprobs[{id, logprob}]`).
-fn parse_top_n(v: &Value, prompt_len: u64) -> Result<TopN, String> {
-    let first = v
-        .get("completion_probabilities")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-        .ok_or("no `completion_probabilities` in the reply (is n_probs supported?)")?;
-    let top = first.get("top_logprobs").and_then(Value::as_array).ok_or(
-        "`completion_probabilities[0]` has no `top_logprobs` with token ids (llama.cpp builds before the \
-         logprob format change are not supported)",
-    )?;
-    let mut entries = Vec::with_capacity(top.len());
-    for e in top {
-        let id = e
-            .get("id")
-            .and_then(Value::as_u64)
-            .and_then(|x| u32::try_from(x).ok());
-        let lp = e.get("logprob").and_then(Value::as_f64);
-        match (id, lp) {
-            (Some(id), Some(lp)) if lp.is_finite() || lp == f64::NEG_INFINITY => {
-                entries.push((id, lp))
-            }
-            _ => return Err(format!("a top_logprobs entry lacks `id` or `logprob`: {e}")),
-        }
-    }
-    entries.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let tokens_in = v
-        .get("tokens_evaluated")
-        .and_then(Value::as_u64)
-        .unwrap_or(prompt_len);
-    let cached = v.pointer("/timings/cache_n").and_then(Value::as_u64);
-    let tokens_out = v
-        .get("tokens_predicted")
-        .and_then(Value::as_u64)
-        .unwrap_or(1);
-    Ok(TopN {
-        entries,
-        tokens_in,
-        cached_tokens: cached,
-        tokens_out,
-    })
-}
-
-/// Continuation scores from an echo reply in the legacy shape (`choices[i].logprobs.token_logprobs`,
-/// one per prompt token then the generated one): Σ `token_logprobs[ctx_len .. ctx_len + len(cont)]`
-/// (lm-eval: `[ctxlen:-1]`).
-fn parse_echo(
-    v: &Value,
-    ctx_len: usize,
-    conts: &[Vec<u32>],
-) -> Result<Vec<ContinuationScore>, String> {
-    let choices = v
-        .get("choices")
-        .and_then(Value::as_array)
-        .ok_or("no `choices`")?;
-    let mut out = Vec::with_capacity(conts.len());
-    for (i, cont) in conts.iter().enumerate() {
-        let choice = choices
-            .iter()
-            .find(|c| c.get("index").and_then(Value::as_u64) == Some(i as u64))
-            .or_else(|| choices.get(i))
-            .ok_or_else(|| format!("no choice for prompt {i}"))?;
-        let lp = choice
-            .get("logprobs")
-            .ok_or_else(|| format!("choice {i} has no logprobs"))?;
-        let tl = lp.get("token_logprobs").and_then(Value::as_array).ok_or_else(|| {
-            format!("choice {i}: no legacy `token_logprobs` array (the server did not echo the prompt)")
-        })?;
-        let end = ctx_len + cont.len();
-        if tl.len() < end {
-            return Err(format!(
-                "choice {i}: {} log-probabilities for a prompt of {end} tokens: the prompt was not echoed",
-                tl.len()
-            ));
-        }
-        let top = lp.get("top_logprobs").and_then(Value::as_array);
-        let mut sum = 0.0;
-        let mut greedy = true;
-        for (k, entry) in tl.iter().enumerate().take(end).skip(ctx_len) {
-            let x = entry
-                .as_f64()
-                .ok_or_else(|| format!("choice {i}: token_logprobs[{k}] is `{entry}`"))?;
-            sum += x;
-            if let Some(best) = top.and_then(|t| t.get(k)).and_then(Value::as_object) {
-                let max = best
-                    .values()
-                    .filter_map(Value::as_f64)
-                    .fold(f64::NEG_INFINITY, f64::max);
-                if x < max {
-                    greedy = false;
-                }
-            }
-        }
-        out.push(ContinuationScore {
-            logprob: sum,
-            n_tokens: cont.len() as u32,
-            exact: true,
-            is_greedy: top.map(|_| greedy),
-        });
-    }
-    Ok(out)
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
-/// The `error.message` of an error body, else the body's start.
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .or_else(|| v.get("error"))
-                .or_else(|| v.get("message"))
-                .or_else(|| v.get("detail"))
-                .map(|m| {
-                    m.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| m.to_string())
-                })
-        })
-        .unwrap_or_else(|| snippet(body))
-}
-
-fn snippet(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    let s = s.trim();
-    if s.chars().count() > 300 {
-        format!("{}…", s.chars().take(300).collect::<String>())
-    } else {
-        s.to_string()
-    }
 }
 
 #[epi_framework::async_trait]
@@ -1262,8 +873,34 @@ impl InferenceBackend for OpenAiBackend {
             ll: LoglikelihoodSupport::None,
             permits: Arc::new(Semaphore::new(1)),
             max_concurrency: 1,
+            kv: None,
+            liveness: None,
+            single_pass: None,
         };
-        let mut details = self.detect(&mut s).await?;
+        let mut details = serde_json::Map::new();
+        // The liveness check (not with dllama-api: its one-at-a-time accept loop would take the
+        // probe connection for a request).
+        let interval = self.config.liveness_interval_s;
+        if self.config.server == ServerKind::DllamaApi || interval == 0.0 {
+            details.insert("liveness_check".into(), json!("off"));
+        } else {
+            match Liveness::resolve(
+                &root,
+                Duration::from_secs_f64(interval),
+                Duration::from_secs_f64(self.config.connect_timeout_s),
+            )
+            .await
+            {
+                Ok(l) => {
+                    details.insert("liveness_check_s".into(), json!(interval));
+                    s.liveness = Some(l);
+                }
+                Err(why) => {
+                    details.insert("liveness_check".into(), json!(format!("off: {why}")));
+                }
+            }
+        }
+        details.extend(self.detect(&mut s).await?);
         let kind = s.profile.kind;
 
         // Log-likelihood: trust only what a probe confirms.
@@ -1331,19 +968,67 @@ impl InferenceBackend for OpenAiBackend {
         s.ll = ll.clone();
         if s.profile.tokenizer && ll != LoglikelihoodSupport::None {
             // Record what the BOS policy does with this model.
-            let mut st = ScoringStats::default();
-            let plain = self.tokenize_with(&s, PROBE_TEXT, false, &mut st).await?;
-            let special = self.tokenize_with(&s, PROBE_TEXT, true, &mut st).await?;
+            let plain = self.tokenize_with(&s, PROBE_TEXT, false).await?;
+            let special = self.tokenize_with(&s, PROBE_TEXT, true).await?;
             details.insert("model_adds_bos".into(), json!(special.len() > plain.len()));
         }
+        // Concurrency: one at a time unless configured, except llama-server's cached top-N mode
+        // (its slots). On llama-server the requests in flight never hold more tokens than its
+        // context: its slots share one KV pool (the unified cache, its default; the API does not
+        // say, so a pool per slot is treated the same way: safe, possibly slower).
+        let top_n_mode = self.config.top_n_mode;
+        let default_concurrency = match (kind, top_n_mode) {
+            (ServerKind::LlamaCpp, TopNMode::Cached) => s.profile.slots.unwrap_or(1),
+            _ => 1,
+        };
         let max_concurrency = self
             .config
             .max_concurrency
-            .or(s.profile.slots)
-            .unwrap_or(1)
+            .unwrap_or(default_concurrency)
             .max(1);
         s.max_concurrency = max_concurrency;
         s.permits = Arc::new(Semaphore::new(max_concurrency));
+        if kind == ServerKind::LlamaCpp {
+            if let Some(n) = s.profile.n_ctx.and_then(|n| u32::try_from(n).ok()) {
+                s.kv = Some(KvBudget::new(n));
+                details.insert("kv_budget_tokens".into(), json!(n));
+            }
+        }
+        let mut trusted = true;
+        if kind == ServerKind::LlamaCpp
+            && matches!(ll, LoglikelihoodSupport::TopN { .. })
+            && top_n_mode == TopNMode::SinglePass
+        {
+            let sp = SinglePass {
+                min: self.config.min_batch_tokens,
+                max: self.config.max_batch_tokens,
+                slot: std::sync::Mutex::new(SlotState {
+                    id: 0,
+                    held: Vec::new(),
+                    valid: 0,
+                }),
+                item: tokio::sync::Mutex::new(()),
+                trusted: true,
+            };
+            let unit = self.tokenize(&s, PROBE_TEXT).await?;
+            let check = self.check_single_pass(&s, &sp, &unit).await?;
+            trusted = matches!(check, Ok(d) if d <= CHECK_TOLERANCE);
+            details.insert(
+                "single_pass_check".into(),
+                match &check {
+                    Ok(d) => json!({
+                        "max_abs_diff_nats": d,
+                        "tolerance_nats": CHECK_TOLERANCE,
+                        "passed": trusted,
+                    }),
+                    Err(why) => json!({"passed": false, "why": why}),
+                },
+            );
+            details.insert("slot".into(), json!(0));
+            details.insert("min_batch_tokens".into(), json!(sp.min));
+            details.insert("max_batch_tokens".into(), json!(sp.max));
+            s.single_pass = Some(SinglePass { trusted, ..sp });
+        }
 
         details.insert("url".into(), json!(root));
         details.insert(
@@ -1356,6 +1041,12 @@ impl InferenceBackend for OpenAiBackend {
         );
         if let LoglikelihoodSupport::TopN { n } = ll {
             details.insert("top_n".into(), json!(n));
+            details.insert("top_n_mode".into(), json!(top_n_mode.as_str()));
+            // Reproducible: every value computed as one forward pass computes it.
+            details.insert(
+                "reproducible".into(),
+                json!(top_n_mode == TopNMode::SinglePass && trusted),
+            );
         }
         details.insert("bos_policy".into(), json!(self.config.bos.as_str()));
         details.insert("max_concurrency".into(), json!(max_concurrency));
@@ -1390,7 +1081,7 @@ impl InferenceBackend for OpenAiBackend {
                     chat: true,
                     streaming: true,
                     tokenizer: p.tokenizer,
-                    max_concurrency: self.config.max_concurrency.or(p.slots).unwrap_or(1),
+                    max_concurrency: self.config.max_concurrency.or(p.slots).unwrap_or(1).max(1),
                 }
             }
         }
@@ -1439,13 +1130,13 @@ impl InferenceBackend for OpenAiBackend {
             let ctx_ids = match ctx_cache.iter().find(|(c, _)| *c == context) {
                 Some((_, ids)) => ids.clone(),
                 None => {
-                    let ids = self.tokenize(&s, &context, &mut stats).await?;
+                    let ids = self.tokenize(&s, &context).await?;
                     ctx_cache.push((context.clone(), ids.clone()));
                     ids
                 }
             };
             let whole = self
-                .tokenize(&s, &format!("{context}{continuation}"), &mut stats)
+                .tokenize(&s, &format!("{context}{continuation}"))
                 .await?;
             let cont_ids = loglik::encode_pair(&ctx_ids, &whole)
                 .map_err(|m| self.err_invalid(format!("continuation {cont:?}: {m}")))?;
@@ -1487,12 +1178,21 @@ impl InferenceBackend for OpenAiBackend {
                         .map(|(_, k)| k.clone())
                         .collect();
                     let n = group.len();
-                    let (sc, st) = loglik::score_top_n(&ctx, &group, |p| self.top_n_query(&s, p))
-                        .await
-                        .map_err(|e| match e {
-                            BackendError::BadReply { message, .. } => self.err_bad(message),
-                            other => other,
-                        })?;
+                    let scored = match &s.single_pass {
+                        Some(sp) => {
+                            // One item at a time on the pinned slot.
+                            let _item = sp.item.lock().await;
+                            loglik::score_top_n(&ctx, &group, |p| self.single_pass_top_n(&s, sp, p))
+                                .await
+                        }
+                        None => {
+                            loglik::score_top_n(&ctx, &group, |p| self.top_n_cached(&s, p)).await
+                        }
+                    };
+                    let (sc, st) = scored.map_err(|e| match e {
+                        BackendError::BadReply { message, .. } => self.err_bad(message),
+                        other => other,
+                    })?;
                     stats.requests += st.requests;
                     stats.tokens_in += st.tokens_in;
                     stats.tokens_out += st.tokens_out;
@@ -1595,45 +1295,6 @@ mod tests {
         assert!(build(&json!({"url": "ftp://x"})).is_err());
     }
 
-    #[test]
-    fn top_n_reply_of_the_recording_parses() {
-        let text = include_str!("../tests/fixtures/llama-server/completion_n_probs.http");
-        let body = text.split("\r\n\r\n").nth(1).unwrap();
-        let v: Value = serde_json::from_str(body).unwrap();
-        let t = parse_top_n(&v, 12).unwrap();
-        assert_eq!(t.entries.len(), 20);
-        assert_eq!(t.entries[0], (2, -1.4404237270355225));
-        assert!(
-            t.entries.contains(&(7042, -4.173124313354492)),
-            "` Paris` is in the recorded top 20"
-        );
-        assert_eq!(t.tokens_in, 12);
-        assert_eq!(t.cached_tokens, Some(11));
-    }
-
-    #[test]
-    fn echo_reply_in_the_legacy_shape_is_sliced_like_lm_eval() {
-        // vLLM: one log-probability per prompt token (the first is null), then the generated one.
-        let v = json!({"choices": [
-            {"index": 0, "logprobs": {"token_logprobs": [null, -1.0, -2.0, -0.5, -0.25, -9.0],
-             "top_logprobs": [null, {"a": -1.0}, {"b": -2.0}, {"c": -0.5}, {"d": -0.1, "e": -0.25}, {"f": -9.0}]}},
-            {"index": 1, "logprobs": {"token_logprobs": [null, -1.0, -2.0, -3.0, -7.0],
-             "top_logprobs": [null, {"a": -1.0}, {"b": -2.0}, {"c": -3.0}, {"f": -7.0}]}}
-        ]});
-        let s = parse_echo(&v, 3, &[vec![7, 8], vec![9]]).unwrap();
-        assert_eq!(s[0].logprob, -0.75);
-        assert_eq!(s[0].is_greedy, Some(false));
-        assert_eq!(s[1].logprob, -3.0);
-        assert_eq!(s[1].is_greedy, Some(true));
-        assert!(s.iter().all(|x| x.exact));
-        // llama-server's reply to echo: generated tokens only, in the new shape: refused.
-        let text = include_str!("../tests/fixtures/llama-server/v1_completions_echo.http");
-        let v: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-        assert!(parse_echo(&v, 12, &[vec![7042]])
-            .unwrap_err()
-            .contains("legacy"));
-    }
-
     /// A server that answers every request with `reply` and keeps the raw requests it read.
     async fn canned(
         reply: &'static str,
@@ -1720,14 +1381,5 @@ mod tests {
             raw.contains("\r\nContent-Type: application/json\r\n"),
             "{raw}"
         );
-    }
-
-    #[test]
-    fn usage_and_cache_counts() {
-        let v = json!({"usage": {"prompt_tokens": 34, "completion_tokens": 8, "prompt_tokens_details": {"cached_tokens": 24}}});
-        assert_eq!(usage_counts(&v), (Some(34), Some(24), Some(8)));
-        let v = json!({"usage": {"prompt_tokens": 3, "completion_tokens": 1}, "timings": {"cache_n": 2}});
-        assert_eq!(usage_counts(&v), (Some(3), Some(2), Some(1)));
-        assert_eq!(usage_counts(&json!({})), (None, None, None));
     }
 }

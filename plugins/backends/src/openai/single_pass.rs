@@ -1,0 +1,465 @@
+//! llama-server's **single-pass** top-N scoring: every distribution is computed as one forward
+//! pass over the scored sequence computes it, the same on every run, without evaluating the whole
+//! context again for each request.
+//!
+//! Why. llama.cpp's numbers depend on how many tokens one batch (ubatch) holds. On the CPU, ggml's
+//! flash attention runs a tiled F32 kernel for batches of 64 or more tokens and a vector kernel
+//! with F16 queries below that (`GGML_FA_TILE_Q`). A prompt-cache hit evaluates the new tokens
+//! alone, in the small-batch kernels: measured on SmolLM2-135M Q4_1, the distribution after a
+//! 711-token prompt differed by up to 0.35 nats from a full evaluation, and re-evaluating 63
+//! tokens on top of the cached rest by 0.53 nats, while re-evaluating 64 gave the full
+//! evaluation's numbers bit for bit. `cache_prompt: false` alone is not single-pass either: the
+//! server splits a prompt into ubatches of `-ub` tokens (512), and a last ubatch of 1–63 tokens
+//! takes the small-batch kernels.
+//!
+//! How. One server slot is pinned (`id_slot`) and what it holds is tracked here, with how much of it
+//! was evaluated in large batches. Every request evaluates between `min_batch_tokens` and
+//! `max_batch_tokens` new tokens, so each is one ubatch in the large-batch kernels: a long context
+//! is sent in steps (`n_predict: 0`) and, when the slot already holds more of a prompt than its
+//! length minus `min_batch_tokens`, a one-token request first cuts the slot's cache there. A prompt
+//! shorter than `min_batch_tokens` is evaluated whole, in one small batch: single-pass only for a
+//! scored sequence that short ([`Fidelity::SmallBatch`]). Every reply's `timings.cache_n` is checked
+//! against the plan; a slot that was not in the planned state (another client, a purge) is
+//! re-planned once, and a value that still cannot be vouched for is marked approximate.
+//!
+//! Requires `-ub` ≥ `max_batch_tokens` (llama-server's default is 512) and a server that honours
+//! `id_slot` and `cache_prompt`. [`OpenAiBackend::check_single_pass`] verifies at start that the
+//! method gives a full evaluation's numbers on this server.
+
+use super::replies::parse_top_n;
+use super::{OpenAiBackend, Session};
+use crate::loglik::{Fidelity, TopN};
+use epi_framework::backend::BackendError;
+use serde_json::{json, Value};
+
+/// Largest difference (nats) between the single-pass method and a full evaluation that the start-up
+/// check accepts.
+pub(super) const CHECK_TOLERANCE: f64 = 1e-4;
+
+/// The pinned slot and what it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct SlotState {
+    /// Its `id_slot`.
+    pub(super) id: u32,
+    /// The tokens in its cache.
+    pub(super) held: Vec<u32>,
+    /// How many leading tokens of `held` were evaluated in batches of at least the minimum.
+    pub(super) valid: usize,
+}
+
+/// The single-pass state of a session.
+pub(super) struct SinglePass {
+    /// `min_batch_tokens`.
+    pub(super) min: usize,
+    /// `max_batch_tokens`.
+    pub(super) max: usize,
+    /// The pinned slot (locked only between awaits).
+    pub(super) slot: std::sync::Mutex<SlotState>,
+    /// Held for the scoring of one item, so that items never interleave on the slot.
+    pub(super) item: tokio::sync::Mutex<()>,
+    /// Whether the start-up check passed; when not, no value is marked single-pass.
+    pub(super) trusted: bool,
+}
+
+/// The requests that evaluate `prompt` on a slot holding `held` (the first `valid` tokens
+/// evaluated in large batches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Cut the slot's cache to `prompt[..cut]` first (a request for `prompt[..cut]` and one
+    /// other token).
+    pub(super) cut: Option<usize>,
+    /// Where the server starts evaluating after the cut (the tokens it reuses).
+    pub(super) from: usize,
+    /// Then evaluate these prefix lengths of `prompt`, in order (`n_predict: 0`).
+    pub(super) steps: Vec<usize>,
+    /// The cached tokens the final request starts from (its `timings.cache_n`).
+    pub(super) start: usize,
+}
+
+/// Length of the common prefix.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Plans the requests so that each evaluates between `min` and `max` new tokens (`max` ≥ 2 ×
+/// `min`), except a prompt shorter than `min`, evaluated whole. The server reuses the longest
+/// common prefix of what the slot holds and the prompt; only its first `valid` tokens may be kept.
+pub(super) fn plan(held: &[u32], valid: usize, prompt: &[u32], min: usize, max: usize) -> Plan {
+    let n = prompt.len();
+    let reused = common_prefix(held, prompt);
+    // The final request evaluates at least `min` tokens (all of a shorter prompt).
+    let mut start = reused.min(valid).min(n.saturating_sub(min));
+    let cut = (reused > start).then_some(start);
+    let from = start;
+    let mut steps = Vec::new();
+    while n - start > max {
+        start += (n - start - min).min(max);
+        steps.push(start);
+    }
+    Plan {
+        cut,
+        from,
+        steps,
+        start,
+    }
+}
+
+impl OpenAiBackend {
+    /// Evaluates `tokens` on the pinned slot without generating (`n_predict: 0`); returns the
+    /// tokens the server reused from the slot's cache.
+    async fn evaluate_on_slot(
+        &self,
+        s: &Session,
+        slot: u32,
+        tokens: &[u32],
+    ) -> Result<(u64, TopN), BackendError> {
+        let body = json!({
+            "prompt": tokens,
+            "n_predict": 0,
+            "temperature": 0.0,
+            "cache_prompt": true,
+            "id_slot": slot,
+        });
+        let (v, _) = self
+            .post_json(s, "/completion", &body, Some(tokens.len() as u64))
+            .await?;
+        let cached = cache_n(&v)?;
+        let counts = TopN {
+            entries: Vec::new(),
+            tokens_in: v
+                .get("tokens_evaluated")
+                .and_then(Value::as_u64)
+                .unwrap_or(tokens.len() as u64),
+            cached_tokens: Some(cached),
+            tokens_out: 0,
+            fidelity: Fidelity::Approximate,
+            requests: 1,
+        };
+        Ok((cached, counts))
+    }
+
+    /// The top N after `prompt`, computed as one forward pass computes it (see the module
+    /// documentation). The returned counts cover every request it took.
+    pub(super) async fn single_pass_top_n(
+        &self,
+        s: &Session,
+        sp: &SinglePass,
+        prompt: Vec<u32>,
+    ) -> Result<TopN, BackendError> {
+        let mut spent = Spent::default();
+        for attempt in 0..2 {
+            let (slot, p) = {
+                let st = lock(&sp.slot);
+                (st.id, plan(&st.held, st.valid, &prompt, sp.min, sp.max))
+            };
+            let mut planned = true;
+            if let Some(c) = p.cut {
+                let mut cut = prompt[..c].to_vec();
+                cut.push(if prompt.get(c) == Some(&0) { 1 } else { 0 });
+                let (reused, counts) = self.evaluate_on_slot(s, slot, &cut).await?;
+                spent.add(&counts);
+                // The cut token itself was evaluated alone: only what precedes it stays valid.
+                planned &= reused as usize >= c;
+                let st = &mut *lock(&sp.slot);
+                st.valid = c.min(reused as usize).min(st.valid);
+                st.held = cut;
+            }
+            let mut from = p.from;
+            for &upto in &p.steps {
+                let (reused, counts) = self.evaluate_on_slot(s, slot, &prompt[..upto]).await?;
+                spent.add(&counts);
+                let ok = reused as usize == from;
+                planned &= ok;
+                let st = &mut *lock(&sp.slot);
+                st.valid = if ok {
+                    upto
+                } else {
+                    st.valid.min(reused as usize)
+                };
+                st.held = prompt[..upto].to_vec();
+                from = upto;
+            }
+            let mut top = self.top_n_request(s, &prompt, Some(slot), true).await?;
+            let reused = top.cached_tokens.unwrap_or(u64::MAX) as usize;
+            planned &= reused == p.start;
+            let rows = prompt.len().saturating_sub(reused);
+            {
+                let st = &mut *lock(&sp.slot);
+                st.valid = if planned && rows >= sp.min {
+                    prompt.len()
+                } else {
+                    st.valid.min(reused)
+                };
+                st.held = prompt.clone();
+            }
+            spent.add(&top);
+            if !planned && attempt == 0 {
+                continue;
+            }
+            top.fidelity = if !planned || !sp.trusted {
+                Fidelity::Approximate
+            } else if rows >= sp.min {
+                Fidelity::SinglePass
+            } else {
+                Fidelity::SmallBatch(sp.min)
+            };
+            spent.apply(&mut top);
+            return Ok(top);
+        }
+        unreachable!("the second attempt always returns")
+    }
+
+    /// Resets the pinned slot to a known state: it holds the one token `token`, evaluated alone.
+    pub(super) async fn reset_slot(
+        &self,
+        s: &Session,
+        sp: &SinglePass,
+        token: u32,
+    ) -> Result<(), BackendError> {
+        let id = lock(&sp.slot).id;
+        self.evaluate_on_slot(s, id, &[token]).await?;
+        let st = &mut *lock(&sp.slot);
+        st.held = vec![token];
+        st.valid = 0;
+        Ok(())
+    }
+
+    /// Checks on this server that the single-pass method gives a full evaluation's numbers:
+    /// the top N after a probe prompt of `3 × min_batch_tokens` tokens or more, evaluated whole
+    /// (`cache_prompt: false`, one ubatch) and by the method (a step, then the last
+    /// `min_batch_tokens` on top of the cached rest). Returns the largest difference, or why the
+    /// check could not be made.
+    pub(super) async fn check_single_pass(
+        &self,
+        s: &Session,
+        sp: &SinglePass,
+        unit: &[u32],
+    ) -> Result<Result<f64, String>, BackendError> {
+        if unit.is_empty() {
+            return Ok(Err("the probe text has no tokens".into()));
+        }
+        let want = (3 * sp.min).min(sp.max);
+        let probe: Vec<u32> = unit.iter().copied().cycle().take(want).collect();
+        let whole = self.top_n_request(s, &probe, None, false).await?;
+        // A step of the first `want - min` tokens, then the method evaluates the last `min` on
+        // top of them.
+        let other = u32::from(probe[0] == 0);
+        self.reset_slot(s, sp, other).await?;
+        let id = lock(&sp.slot).id;
+        let head = &probe[..want - sp.min];
+        let (reused, _) = self.evaluate_on_slot(s, id, head).await?;
+        if reused != 0 {
+            return Ok(Err(format!(
+                "the pinned slot reused {reused} tokens after a reset (expected 0)"
+            )));
+        }
+        {
+            let st = &mut *lock(&sp.slot);
+            st.held = head.to_vec();
+            st.valid = head.len();
+        }
+        let by_method = self.single_pass_top_n(s, sp, probe).await?;
+        if by_method.fidelity == Fidelity::Approximate && sp.trusted {
+            return Ok(Err(format!(
+                "the pinned slot was not in the planned state ({:?})",
+                by_method.fidelity
+            )));
+        }
+        let mut worst = 0.0f64;
+        for (id, lp) in &whole.entries {
+            match by_method.entries.iter().find(|e| e.0 == *id) {
+                Some((_, other)) => worst = worst.max((lp - other).abs()),
+                None => {
+                    // Outside the other top N: at least as far as its smallest entry.
+                    let floor = by_method
+                        .entries
+                        .iter()
+                        .map(|e| e.1)
+                        .fold(f64::INFINITY, f64::min);
+                    worst = worst.max((lp - floor).abs().max(f64::MIN_POSITIVE));
+                }
+            }
+        }
+        Ok(Ok(worst))
+    }
+
+    /// One top-N request for `prompt`: on `slot` when given, with or without the prompt cache.
+    pub(super) async fn top_n_request(
+        &self,
+        s: &Session,
+        prompt: &[u32],
+        slot: Option<u32>,
+        cache_prompt: bool,
+    ) -> Result<TopN, BackendError> {
+        let mut body = json!({
+            "prompt": prompt,
+            "n_predict": 1,
+            "n_probs": self.config.top_n,
+            "temperature": 0.0,
+            "cache_prompt": cache_prompt,
+            "post_sampling_probs": false,
+        });
+        if let Some(id) = slot {
+            body["id_slot"] = json!(id);
+        }
+        let kv_tokens = prompt.len() as u64 + 1;
+        let (v, _) = self
+            .post_json(s, "/completion", &body, Some(kv_tokens))
+            .await?;
+        parse_top_n(&v, prompt.len() as u64, Fidelity::Approximate)
+            .map_err(|m| self.err_bad(format!("/completion: {m}")))
+    }
+}
+
+/// Counts of the requests before the final one.
+#[derive(Default)]
+struct Spent {
+    requests: u32,
+    tokens_in: u64,
+    cached: u64,
+}
+
+impl Spent {
+    fn add(&mut self, t: &TopN) {
+        self.requests += t.requests;
+        self.tokens_in += t.tokens_in;
+        self.cached += t.cached_tokens.unwrap_or(0);
+    }
+
+    /// Makes `top`'s counts those of every request (`top` itself included in `self`).
+    fn apply(&self, top: &mut TopN) {
+        top.requests = self.requests;
+        top.tokens_in = self.tokens_in;
+        top.cached_tokens = Some(self.cached);
+    }
+}
+
+/// `timings.cache_n` of a `/completion` reply.
+fn cache_n(v: &Value) -> Result<u64, BackendError> {
+    v.pointer("/timings/cache_n")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| BackendError::BadReply {
+            backend: "openai".into(),
+            message:
+                "/completion: no `timings.cache_n` in the reply: the single-pass method needs it \
+                      (use top_n_mode = \"cached\" with this server)"
+                    .into(),
+        })
+}
+
+/// The slot state, also after a panic elsewhere (the state is re-planned from what it says).
+fn lock(m: &std::sync::Mutex<SlotState>) -> std::sync::MutexGuard<'_, SlotState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize, seed: u32) -> Vec<u32> {
+        (0..n as u32).map(|i| i * 7 + seed).collect()
+    }
+
+    /// Follows a plan the way the server would, checking every request's batch.
+    fn run(held: &[u32], valid: usize, prompt: &[u32], min: usize, max: usize) -> Plan {
+        let p = plan(held, valid, prompt, min, max);
+        let mut from = match p.cut {
+            Some(c) => {
+                assert!(
+                    c <= common_prefix(held, prompt),
+                    "a cut keeps only what is shared"
+                );
+                c
+            }
+            None => common_prefix(held, prompt),
+        };
+        for &s in &p.steps {
+            let rows = s - from;
+            assert!((min..=max).contains(&rows), "step of {rows} rows: {p:?}");
+            from = s;
+        }
+        assert_eq!(from, p.start);
+        assert_eq!(p.from, p.cut.unwrap_or(common_prefix(held, prompt)));
+        assert!(
+            p.from <= valid || p.from == 0,
+            "only valid tokens are reused: {p:?}"
+        );
+        let rows = prompt.len() - p.start;
+        if prompt.len() >= min {
+            assert!((min..=max).contains(&rows), "final of {rows} rows: {p:?}");
+        } else {
+            assert_eq!(p.start, 0, "a short prompt is evaluated whole");
+        }
+        p
+    }
+
+    #[test]
+    fn a_fresh_long_context_goes_in_steps_of_at_most_max() {
+        let prompt = ids(1500, 3);
+        let p = run(&[0], 0, &prompt, 64, 256);
+        assert_eq!(p.cut, None);
+        assert_eq!(p.steps, vec![256, 512, 768, 1024, 1280]);
+        assert_eq!(p.start, 1280);
+        // A remainder that would leave the final short is split so that it is not.
+        let p = run(&[], 0, &ids(300, 1), 64, 256);
+        assert_eq!(p.steps, vec![236]);
+        assert_eq!(p.start, 236);
+    }
+
+    #[test]
+    fn a_cached_context_is_cut_so_the_last_min_tokens_are_evaluated_together() {
+        let ctx = ids(700, 5);
+        let mut prompt = ctx.clone();
+        prompt.push(9);
+        // The slot holds the whole context, evaluated in large batches.
+        let p = run(&ctx, ctx.len(), &prompt, 64, 256);
+        assert_eq!(p.cut, Some(701 - 64));
+        assert!(p.steps.is_empty());
+        // The next continuation token: the same again.
+        let mut next = prompt.clone();
+        next.push(11);
+        let p = run(&prompt, prompt.len(), &next, 64, 256);
+        assert_eq!(p.cut, Some(702 - 64));
+    }
+
+    #[test]
+    fn only_the_valid_part_of_the_slot_is_reused() {
+        let prompt = ids(400, 2);
+        // The slot holds the prompt, but only its first 100 tokens were evaluated in large
+        // batches (a cut or a small batch after that).
+        let p = run(&prompt, 100, &prompt, 64, 256);
+        assert_eq!(p.cut, Some(100));
+        assert_eq!(p.steps, vec![336]);
+        assert_eq!(p.start, 336);
+        // A slot sharing nothing: no cut needed.
+        let p = run(&ids(50, 1000), 50, &prompt, 64, 256);
+        assert_eq!(p.cut, None);
+    }
+
+    #[test]
+    fn short_prompts_are_evaluated_whole() {
+        let prompt = ids(20, 1);
+        let p = run(&prompt[..10], 10, &prompt, 64, 256);
+        assert_eq!(p.cut, Some(0));
+        assert_eq!(p.start, 0);
+        let p = run(&[], 0, &prompt, 64, 256);
+        assert_eq!((p.cut, p.start), (None, 0));
+    }
+
+    #[test]
+    fn every_plan_keeps_every_batch_in_bounds() {
+        // Exhaustive over small sizes: held prefix length, valid length, prompt length.
+        for (min, max) in [(4, 8), (4, 9), (5, 13)] {
+            for n in 0..40 {
+                let prompt = ids(n, 1);
+                for shared in 0..=n {
+                    let mut held = prompt[..shared].to_vec();
+                    held.push(1_000_000);
+                    for valid in 0..=shared + 1 {
+                        run(&held, valid, &prompt, min, max);
+                    }
+                }
+            }
+        }
+    }
+}
