@@ -3,11 +3,15 @@
 //!
 //! **API mode** (default): [`start`](InferenceBackend::start) connects to every host (host keys
 //! verified against known_hosts), starts `dllama worker --port P --nthreads N` on each worker host
-//! and waits for `Listening on`, then starts `dllama-api` on the root (`hosts[0]`) with the model,
-//! tokenizer, buffer type, threads, sequence length, `--temperature 0` and `--workers`, and waits for
-//! `Server URL:` — printed once the weights have been sent to every worker, so weight transfer is
-//! never inside a measured window. Requests then go through the [`openai`](crate::openai) client
-//! in its `dllama-api` profile: chat only, one request at a time, a fresh connection each time
+//! and waits until it listens, then starts `dllama-api` on the root (`hosts[0]`) with the model,
+//! tokenizer, buffer type, threads, sequence length, `--temperature 0` and `--workers`, and waits
+//! until it answers — it listens only once the weights have been sent to every worker, so weight
+//! transfer is never inside a measured window. Neither program flushes its readiness line
+//! (`Listening on`, `Server URL:`) when it is not at a terminal, so readiness is **polled**
+//! ([`process`]: the process's own listening socket, then `GET /v1/models`), the output is still
+//! read for errors, and [`startup_progress`](InferenceBackend::startup_progress) says what is
+//! waited for and for how long. Requests then go through the [`openai`](crate::openai) client in
+//! its `dllama-api` profile: chat only, one request at a time, a fresh connection each time
 //! (`Connection: close`), title-case headers, validated bodies (the server dies on a lower-case
 //! `content-length`, a body that is not JSON, array `content`, a `stop` that is not a list), no
 //! usage in streams, garbage `index` and empty `finish_reason` tolerated. It has no
@@ -15,374 +19,52 @@
 //!
 //! **Inference mode** (`mode = "inference"`, throughput-only runs): workers as above; each
 //! [`generate`](InferenceBackend::generate) runs `dllama inference --prompt P --steps S` on the root
-//! (a new root each time: it sends the weights again) and parses its output
-//! ([`inference_log`]; all three formats). `--steps` counts the prompt too and generation does not
-//! stop at end-of-sequence: `S` is `inference_steps` when set, else the prompt's UTF-8 length
-//! plus 1 plus `max_tokens` (an upper bound of its token count plus the tokens asked for), capped
-//! at `max_seq_len`.
+//! (a new root each time: it sends the weights again; the workers are first waited for until they
+//! listen again) and reads its output as it comes ([`inference`], [`inference_log`]; all three
+//! formats). `--steps` counts the prompt too and generation does not stop at end-of-sequence: `S`
+//! is `inference_steps` when set, else the prompt's UTF-8 length plus 1 plus `max_tokens` (an upper
+//! bound of its token count plus the tokens asked for), capped at `max_seq_len`; the run is
+//! **stopped once `max_tokens` tokens have been generated**, and only those are counted.
 //!
 //! [`stop`](InferenceBackend::stop) stops every remote process this backend started (TERM, then
 //! KILL after `stop_grace_s`) and closes the connections; the SSH supervisor also stops them when a
 //! connection drops, so Ctrl-C or a crash leaves nothing running.
 
+pub mod config;
+pub mod inference;
 pub mod inference_log;
+pub mod process;
+
+pub use config::{DllamaConfig, DllamaMode, Node};
 
 use crate::openai::{OpenAiBackend, OpenAiConfig, ServerKind};
 use epi_framework::backend::{
     BackendCapabilities, BackendError, BackendInfo, GenerateRequest, GenerateResponse,
     InferenceBackend, LoglikelihoodRequest, LoglikelihoodResponse, LoglikelihoodSupport,
-    TokenCountSource,
+    StartupProgress,
 };
 use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::ssh::{ProcessEvent, RemoteProcess, SshError, SshOptions, SshSession};
+use epi_framework::ssh::{SshError, SshOptions, SshSession};
 use epi_framework::Error;
-use serde::{Deserialize, Serialize};
+use process::{wait_ready, Drained, Readiness};
 use serde_json::{json, Value};
-use std::collections::VecDeque;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Registry key.
 pub const KEY: &str = "distributed-llama";
-
-/// Lines of each remote process's output kept for error reports.
-const KEEP_LINES: usize = 200;
-
-/// How the cluster is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DllamaMode {
-    /// `dllama-api` on the root, queried over HTTP.
-    #[default]
-    Api,
-    /// `dllama inference` per request, its output parsed (throughput only).
-    Inference,
-}
-
-fn default_ssh_port() -> u16 {
-    22
-}
-fn default_dllama() -> String {
-    "dllama".into()
-}
-fn default_dllama_api() -> String {
-    "dllama-api".into()
-}
-fn default_buffer() -> String {
-    "q80".into()
-}
-fn default_nthreads() -> u32 {
-    4
-}
-fn default_max_seq_len() -> u32 {
-    4096
-}
-fn default_worker_port() -> u16 {
-    9999
-}
-fn default_api_port() -> u16 {
-    9990
-}
-fn default_startup_timeout() -> f64 {
-    900.0
-}
-fn default_timeout() -> f64 {
-    600.0
-}
-fn default_retries() -> u32 {
-    2
-}
-fn default_grace() -> f64 {
-    5.0
-}
-
-/// Settings of `[backend.distributed-llama]` (`--hosts`, `--ssh-*`, `--model`, or
-/// `--backend-option key=value`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DllamaConfig {
-    /// The nodes, root first: `host` or `host:worker_port` (the worker port defaults to
-    /// `worker_port`). Their number must be a power of two.
-    pub hosts: Vec<String>,
-    /// SSH user; default: the local user (`$USER`).
-    #[serde(default)]
-    pub ssh_user: Option<String>,
-    /// SSH port of every host.
-    #[serde(default = "default_ssh_port")]
-    pub ssh_port: u16,
-    /// Private key file; default: ssh-agent, then `~/.ssh/id_*`.
-    #[serde(default)]
-    pub ssh_key: Option<PathBuf>,
-    /// known_hosts file; default `~/.ssh/known_hosts`.
-    #[serde(default)]
-    pub known_hosts: Option<PathBuf>,
-    /// Record unknown host keys instead of refusing them (a changed key is always refused).
-    #[serde(default)]
-    pub accept_new_host_key: bool,
-    /// The `dllama` program on the hosts (name on `PATH` or a path).
-    #[serde(default = "default_dllama")]
-    pub dllama: String,
-    /// The `dllama-api` program on the root.
-    #[serde(default = "default_dllama_api")]
-    pub dllama_api: String,
-    /// Model file (`.m`) on the root.
-    pub model: String,
-    /// Tokenizer file (`.t`) on the root.
-    pub tokenizer: String,
-    /// `--buffer-float-type` (`q80` for q40 models, or `f32`).
-    #[serde(default = "default_buffer")]
-    pub buffer_float_type: String,
-    /// `--nthreads` on every node.
-    #[serde(default = "default_nthreads")]
-    pub nthreads: u32,
-    /// `--max-seq-len`.
-    #[serde(default = "default_max_seq_len")]
-    pub max_seq_len: u32,
-    /// Default worker port.
-    #[serde(default = "default_worker_port")]
-    pub worker_port: u16,
-    /// `dllama-api --port`.
-    #[serde(default = "default_api_port")]
-    pub api_port: u16,
-    /// Address the API is reached at; default: the root host.
-    #[serde(default)]
-    pub api_host: Option<String>,
-    /// `--seed` (dllama-api keeps one seed for all requests; with temperature 0 it does not matter).
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// `api` or `inference`.
-    #[serde(default)]
-    pub mode: DllamaMode,
-    /// Inference mode: `--steps` for every run (default: see the module documentation).
-    #[serde(default)]
-    pub inference_steps: Option<u32>,
-    /// The distributed-llama version, recorded with results (it prints none itself).
-    #[serde(default)]
-    pub version: Option<String>,
-    /// Seconds to wait for the workers and for `Server URL:` (weights are sent meanwhile).
-    #[serde(default = "default_startup_timeout")]
-    pub startup_timeout_s: f64,
-    /// Whole-request timeout, s (also the limit of one `dllama inference` run).
-    #[serde(default = "default_timeout")]
-    pub timeout_s: f64,
-    /// HTTP retries after a failed attempt.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// Seconds between TERM and KILL when stopping remote processes.
-    #[serde(default = "default_grace")]
-    pub stop_grace_s: f64,
-}
-
-/// One node of the cluster.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Node {
-    /// SSH host (also the address the root connects workers at).
-    pub host: String,
-    /// Worker port (unused for the root).
-    pub worker_port: u16,
-}
-
-impl DllamaConfig {
-    /// Checks the settings without I/O and returns the nodes; messages name the key.
-    pub fn nodes(&self) -> Result<Vec<Node>, String> {
-        if self.hosts.is_empty() {
-            return Err(
-                "hosts: expected at least the root host (`--hosts root[,worker:port,...]`)".into(),
-            );
-        }
-        if !self.hosts.len().is_power_of_two() {
-            return Err(format!(
-                "hosts: {} nodes given; distributed-llama needs 1, 2, 4, 8, … nodes (a power of two)",
-                self.hosts.len()
-            ));
-        }
-        let mut nodes = Vec::new();
-        for (i, h) in self.hosts.iter().enumerate() {
-            let h = h.trim();
-            let (host, port) = split_host_port(h).map_err(|m| format!("hosts[{i}]: {m}"))?;
-            if i == 0 && port.is_some() {
-                return Err(format!(
-                    "hosts[0]: `{h}` is the root; give it without a port (the API port is `api_port`)"
-                ));
-            }
-            nodes.push(Node {
-                host,
-                worker_port: port.unwrap_or(self.worker_port),
-            });
-        }
-        for (i, a) in nodes.iter().enumerate().skip(1) {
-            if nodes
-                .iter()
-                .skip(i + 1)
-                .any(|b| b.host == a.host && b.worker_port == a.worker_port)
-            {
-                return Err(format!(
-                    "hosts: two workers on {}:{}",
-                    a.host, a.worker_port
-                ));
-            }
-        }
-        if !["q80", "f32", "f16", "q40"].contains(&self.buffer_float_type.as_str()) {
-            return Err(format!(
-                "buffer_float_type: `{}`; expected q80, f32, f16 or q40",
-                self.buffer_float_type
-            ));
-        }
-        if self.model.trim().is_empty() {
-            return Err("model: expected the model file (.m) on the root".into());
-        }
-        if self.tokenizer.trim().is_empty() {
-            return Err("tokenizer: expected the tokenizer file (.t) on the root".into());
-        }
-        if self.nthreads == 0 {
-            return Err("nthreads: expected at least 1".into());
-        }
-        for (name, v) in [
-            ("startup_timeout_s", self.startup_timeout_s),
-            ("timeout_s", self.timeout_s),
-            ("stop_grace_s", self.stop_grace_s),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(format!("{name}: {v} is not a positive number of seconds"));
-            }
-        }
-        if self.inference_steps == Some(0) {
-            return Err("inference_steps: expected at least 1".into());
-        }
-        Ok(nodes)
-    }
-}
-
-fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
-    if s.is_empty() {
-        return Err("empty host".into());
-    }
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, r) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("`{s}`: missing `]`"))?;
-        (h.to_string(), r.strip_prefix(':'))
-    } else if s.matches(':').count() == 1 {
-        let (h, p) = s.split_once(':').unwrap_or((s, ""));
-        (h.to_string(), Some(p))
-    } else {
-        (s.to_string(), None)
-    };
-    let port = match port {
-        Some(p) => Some(
-            p.parse::<u16>()
-                .map_err(|_| format!("`{s}`: the port `{p}` is not a number"))?,
-        ),
-        None => None,
-    };
-    if host.is_empty() {
-        return Err(format!("`{s}`: no host"));
-    }
-    Ok((host, port))
-}
-
-/// A remote process whose output is read continuously (so it never blocks on a full SSH window)
-/// into a ring of recent lines.
-struct Drained {
-    name: String,
-    stop: Option<oneshot::Sender<Duration>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    lines: Arc<Mutex<VecDeque<String>>>,
-    exit: Arc<Mutex<Option<String>>>,
-}
-
-impl Drained {
-    fn spawn(name: String, mut process: RemoteProcess) -> Drained {
-        let lines = Arc::new(Mutex::new(VecDeque::new()));
-        let exit = Arc::new(Mutex::new(None));
-        let (tx, mut rx) = oneshot::channel::<Duration>();
-        let (l, x) = (lines.clone(), exit.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    grace = &mut rx => {
-                        let grace = grace.unwrap_or(Duration::from_secs(2));
-                        let status = process.stop(grace).await;
-                        if let Ok(mut e) = x.lock() {
-                            if e.is_none() {
-                                *e = Some(match status {
-                                    Ok(s) => format!("stopped ({s})"),
-                                    Err(err) => format!("stopping failed: {err}"),
-                                });
-                            }
-                        }
-                        return;
-                    }
-                    ev = process.next_event() => match ev {
-                        Some(ProcessEvent::Stdout(s)) | Some(ProcessEvent::Stderr(s)) => push_line(&l, s),
-                        Some(ProcessEvent::Exited(status)) => {
-                            if let Ok(mut e) = x.lock() {
-                                *e = Some(format!("exited ({status})"));
-                            }
-                        }
-                        None => {
-                            // Ended: wait for a stop request so `stop` finds the task.
-                            let _ = rx.await;
-                            return;
-                        }
-                    },
-                }
-            }
-        });
-        Drained {
-            name,
-            stop: Some(tx),
-            task: Some(task),
-            lines,
-            exit,
-        }
-    }
-
-    fn exited(&self) -> Option<String> {
-        self.exit.lock().ok().and_then(|e| e.clone())
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let lines = self
-            .lines
-            .lock()
-            .map(|l| l.iter().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
-        let start = lines.len().saturating_sub(n);
-        lines[start..].join("\n")
-    }
-
-    async fn stop(&mut self, grace: Duration) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(grace);
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(grace + Duration::from_secs(10), t).await;
-        }
-    }
-}
-
-fn push_line(lines: &Arc<Mutex<VecDeque<String>>>, s: String) {
-    if let Ok(mut l) = lines.lock() {
-        if l.len() == KEEP_LINES {
-            l.pop_front();
-        }
-        l.push_back(s);
-    }
-}
 
 /// The `distributed-llama` backend.
 pub struct DllamaBackend {
     config: DllamaConfig,
     nodes: Vec<Node>,
     sessions: Vec<(String, SshSession)>,
-    workers: Vec<Drained>,
+    workers: Vec<(Node, Drained)>,
     root: Option<Drained>,
     client: Option<OpenAiBackend>,
     inference_lock: tokio::sync::Mutex<()>,
     started: bool,
+    progress: watch::Sender<Option<StartupProgress>>,
 }
 
 impl DllamaBackend {
@@ -398,6 +80,7 @@ impl DllamaBackend {
             client: None,
             inference_lock: tokio::sync::Mutex::new(()),
             started: false,
+            progress: watch::channel(None).0,
         })
     }
 
@@ -482,69 +165,74 @@ impl DllamaBackend {
         Ok(())
     }
 
-    /// Starts `argv` on `host` and reads its output until a line contains `ready`; the lines read
-    /// are returned. The process is then drained in the background.
-    async fn start_until(
+    fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.config.stop_grace_s)
+    }
+
+    fn limit(&self) -> Duration {
+        Duration::from_secs_f64(self.config.startup_timeout_s)
+    }
+
+    /// Starts `argv` on `host`, its output drained in the background.
+    async fn spawn(
         &self,
         host: &str,
         name: String,
         argv: &[String],
-        ready: &str,
-        limit: Duration,
-    ) -> Result<(Drained, Vec<String>), BackendError> {
-        let session = self.session(host)?;
-        let mut p = session.spawn(argv).await.map_err(|e| self.ssh_err(e))?;
-        let mut seen: Vec<String> = Vec::new();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match tokio::time::timeout_at(deadline, p.next_event()).await {
-                Ok(Some(ProcessEvent::Stdout(line))) => {
-                    let done = line.contains(ready);
-                    seen.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                Ok(Some(ProcessEvent::Stderr(line))) => seen.push(line),
-                Ok(Some(ProcessEvent::Exited(status))) => {
-                    return Err(self.setup(format!(
-                        "{name} on {host} ended ({status}) before printing `{ready}`; its output:\n{}",
-                        last_lines(&seen, 30)
-                    )));
-                }
-                Ok(None) => {
-                    return Err(self.setup(format!(
-                        "{name} on {host} ended before printing `{ready}`; its output:\n{}",
-                        last_lines(&seen, 30)
-                    )));
-                }
-                Err(_) => {
-                    let _ = p
-                        .stop(Duration::from_secs_f64(self.config.stop_grace_s))
-                        .await;
-                    return Err(self.setup(format!(
-                        "{name} on {host} did not print `{ready}` within {:.0} s; its output:\n{}",
-                        limit.as_secs_f64(),
-                        last_lines(&seen, 30)
-                    )));
-                }
+    ) -> Result<Drained, BackendError> {
+        let p = self
+            .session(host)?
+            .spawn(argv)
+            .await
+            .map_err(|e| self.ssh_err(e))?;
+        Ok(Drained::spawn(name, p))
+    }
+
+    /// Waits until `d` is `ready`; on failure stops it and says why.
+    async fn ready_or_stop(
+        &self,
+        mut d: Drained,
+        ready: &Readiness,
+    ) -> Result<(Drained, f64), BackendError> {
+        let session = self.session(&ready.host)?.clone();
+        match wait_ready(&session, &d, ready, self.limit(), &self.progress).await {
+            Ok(secs) => Ok((d, secs)),
+            Err(message) => {
+                d.stop(self.grace()).await;
+                Err(self.setup(message))
             }
         }
-        let d = Drained::spawn(name, p);
-        for l in &seen {
-            push_line(&d.lines, l.clone());
+    }
+
+    /// Waits until every worker listens again (it takes a new root only then: after a root ends,
+    /// a worker needs a moment to listen again). A dead worker is [`BackendError::Unavailable`].
+    async fn workers_listening(&self) -> Result<(), BackendError> {
+        for (node, w) in &self.workers {
+            let session = self.session(&node.host)?.clone();
+            let ready = Readiness {
+                host: node.host.clone(),
+                port: node.worker_port,
+                http: None,
+                doing: "waiting for the next root".into(),
+            };
+            wait_ready(&session, w, &ready, self.limit(), &self.progress)
+                .await
+                .map_err(|message| BackendError::Unavailable {
+                    backend: KEY.into(),
+                    message,
+                })?;
         }
-        Ok((d, seen))
+        Ok(())
     }
 
     async fn start_inner(&mut self) -> Result<BackendInfo, BackendError> {
         self.connect().await?;
-        let limit = Duration::from_secs_f64(self.config.startup_timeout_s);
         let mut layout = vec![json!({
             "role": "root",
             "host": self.nodes[0].host,
             "program": if self.config.mode == DllamaMode::Api { &self.config.dllama_api } else { &self.config.dllama },
         })];
+        let mut worker_startup = Vec::new();
         for n in self.nodes.clone().iter().skip(1) {
             let argv = vec![
                 self.config.dllama.clone(),
@@ -554,11 +242,16 @@ impl DllamaBackend {
                 "--nthreads".into(),
                 self.config.nthreads.to_string(),
             ];
-            let name = format!("dllama worker {}:{}", n.host, n.worker_port);
-            let (d, _) = self
-                .start_until(&n.host, name, &argv, "Listening on", limit)
-                .await?;
-            self.workers.push(d);
+            let d = self.spawn(&n.host, "dllama worker".into(), &argv).await?;
+            let ready = Readiness {
+                host: n.host.clone(),
+                port: n.worker_port,
+                http: None,
+                doing: "starting".into(),
+            };
+            let (d, secs) = self.ready_or_stop(d, &ready).await?;
+            self.workers.push((n.clone(), d));
+            worker_startup.push(json!(secs));
             layout.push(json!({"role": "worker", "host": n.host, "port": n.worker_port}));
         }
         let mut details = serde_json::Map::new();
@@ -577,6 +270,13 @@ impl DllamaBackend {
         details.insert("temperature".into(), json!(0));
         details.insert("model_file".into(), json!(self.config.model));
         details.insert("tokenizer_file".into(), json!(self.config.tokenizer));
+        if !worker_startup.is_empty() {
+            details.insert("worker_startup_s".into(), Value::Array(worker_startup));
+        }
+        details.insert(
+            "readiness".into(),
+            json!("polled: the process's own listening socket (/proc/net/tcp or lsof), then GET /v1/models for dllama-api"),
+        );
         if self.config.version.is_none() {
             details.insert(
                 "version_note".into(),
@@ -593,21 +293,36 @@ impl DllamaBackend {
             let workers = self.worker_args();
             if !workers.is_empty() {
                 argv.push("--workers".into());
-                argv.extend(workers);
+                argv.extend(workers.clone());
             }
             let root_host = self.nodes[0].host.clone();
-            let t0 = Instant::now();
-            let (d, seen) = self
-                .start_until(&root_host, "dllama-api".into(), &argv, "Server URL:", limit)
-                .await?;
+            let api_host = self.config.api_host.clone().unwrap_or(root_host.clone());
+            let d = self.spawn(&root_host, "dllama-api".into(), &argv).await?;
+            let ready = Readiness {
+                host: root_host,
+                port: self.config.api_port,
+                http: Some((api_host.clone(), self.config.api_port)),
+                doing: if workers.is_empty() {
+                    "loading the model".into()
+                } else {
+                    format!(
+                        "loading the model and sending its weights to {} worker(s)",
+                        workers.len()
+                    )
+                },
+            };
+            let (d, secs) = self.ready_or_stop(d, &ready).await?;
+            details.insert("startup_s".into(), json!(secs));
+            // Printed at start-up but not flushed: present only if it has arrived.
+            let header = model_header(&d.lines());
+            if !header.is_empty() {
+                details.insert("model_header".into(), Value::Object(header));
+            }
             self.root = Some(d);
-            details.insert("startup_s".into(), json!(t0.elapsed().as_secs_f64()));
-            details.insert("model_header".into(), Value::Object(model_header(&seen)));
-            let host = self.config.api_host.clone().unwrap_or(root_host);
-            let url = if host.contains(':') {
-                format!("http://[{host}]:{}", self.config.api_port)
+            let url = if api_host.contains(':') {
+                format!("http://[{api_host}]:{}", self.config.api_port)
             } else {
-                format!("http://{host}:{}", self.config.api_port)
+                format!("http://{api_host}:{}", self.config.api_port)
             };
             let mut oc = OpenAiConfig::new(url.clone());
             oc.server = ServerKind::DllamaApi;
@@ -621,6 +336,7 @@ impl DllamaBackend {
             self.client = Some(client);
             server = "dllama-api".into();
         }
+        self.progress.send_replace(None);
         Ok(BackendInfo {
             backend: KEY.into(),
             server,
@@ -647,114 +363,6 @@ impl DllamaBackend {
             _ => e,
         }
     }
-
-    async fn run_inference(&self, req: &GenerateRequest) -> Result<GenerateResponse, BackendError> {
-        let _one = self.inference_lock.lock().await;
-        let steps = match self.config.inference_steps {
-            Some(s) => s,
-            None => {
-                let bound = req.prompt.len() as u64 + 1 + req.max_tokens as u64;
-                bound.min(self.config.max_seq_len as u64) as u32
-            }
-        };
-        let mut argv = vec![self.config.dllama.clone(), "inference".into()];
-        argv.extend(self.root_args());
-        argv.extend([
-            "--prompt".to_string(),
-            req.prompt.clone(),
-            "--steps".into(),
-            steps.to_string(),
-        ]);
-        let workers = self.worker_args();
-        if !workers.is_empty() {
-            argv.push("--workers".into());
-            argv.extend(workers);
-        }
-        let host = &self.nodes[0].host;
-        let session = self.session(host)?;
-        let t0 = Instant::now();
-        let mut p = session.spawn(&argv).await.map_err(|e| self.ssh_err(e))?;
-        let mut out = String::new();
-        let mut err_tail: Vec<String> = Vec::new();
-        let limit = Duration::from_secs_f64(self.config.timeout_s);
-        let deadline = tokio::time::Instant::now() + limit;
-        let status = loop {
-            match tokio::time::timeout_at(deadline, p.next_event()).await {
-                Ok(Some(ProcessEvent::Stdout(l))) => {
-                    out.push_str(&l);
-                    out.push('\n');
-                }
-                Ok(Some(ProcessEvent::Stderr(l))) => err_tail.push(l),
-                Ok(Some(ProcessEvent::Exited(s))) => break Some(s),
-                Ok(None) => break None,
-                Err(_) => {
-                    let _ = p
-                        .stop(Duration::from_secs_f64(self.config.stop_grace_s))
-                        .await;
-                    return Err(BackendError::Timeout {
-                        backend: KEY.into(),
-                        attempts: 1,
-                        message: format!(
-                            "`dllama inference` ran longer than {:.0} s",
-                            limit.as_secs_f64()
-                        ),
-                    });
-                }
-            }
-        };
-        let latency_s = t0.elapsed().as_secs_f64();
-        if !status.as_ref().is_some_and(|s| s.success()) {
-            let critical = out
-                .lines()
-                .find(|l| l.contains("Critical error"))
-                .unwrap_or("")
-                .to_string();
-            return Err(BackendError::BadReply {
-                backend: KEY.into(),
-                message: format!(
-                    "`dllama inference` ended ({}) {critical}; last output:\n{}",
-                    status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "connection lost".into()),
-                    last_lines(
-                        &out.lines()
-                            .chain(err_tail.iter().map(String::as_str))
-                            .map(str::to_string)
-                            .collect::<Vec<_>>(),
-                        15
-                    )
-                ),
-            });
-        }
-        let log = inference_log::parse(&out).map_err(|m| BackendError::BadReply {
-            backend: KEY.into(),
-            message: format!("`dllama inference` output: {m}"),
-        })?;
-        let (tokens_in, tokens_out, source) = match log.format {
-            inference_log::LogFormat::V0_11 => (None, None, TokenCountSource::Unknown),
-            // The last prompt token is fed in the first prediction step: prompt = eval + 1.
-            _ => (
-                log.eval_tokens.map(|e| e + 1),
-                Some(log.pred_tokens),
-                TokenCountSource::Usage,
-            ),
-        };
-        Ok(GenerateResponse {
-            text: log.text,
-            tokens_in,
-            tokens_out,
-            token_count_source: source,
-            cached_tokens: None,
-            ttft_s: None,
-            latency_s,
-            finish_reason: Some("length".into()),
-        })
-    }
-}
-
-fn last_lines(lines: &[String], n: usize) -> String {
-    let start = lines.len().saturating_sub(n);
-    lines[start..].join("\n")
 }
 
 /// `💡 Arch: Llama`, `📄 BosId: …` lines of the startup output as a map.
@@ -848,15 +456,20 @@ impl InferenceBackend for DllamaBackend {
         })
     }
 
+    fn startup_progress(&self) -> Option<watch::Receiver<Option<StartupProgress>>> {
+        Some(self.progress.subscribe())
+    }
+
     async fn stop(&mut self) -> Result<(), BackendError> {
-        let grace = Duration::from_secs_f64(self.config.stop_grace_s);
+        self.progress.send_replace(None);
+        let grace = self.grace();
         if let Some(mut c) = self.client.take() {
             let _ = c.stop().await;
         }
         if let Some(mut r) = self.root.take() {
             r.stop(grace).await;
         }
-        for mut w in self.workers.drain(..) {
+        for (_, mut w) in self.workers.drain(..) {
             w.stop(grace).await;
         }
         for (_, s) in self.sessions.drain(..) {

@@ -63,7 +63,20 @@ pub struct InferenceLog {
 }
 
 fn is_token_line(l: &str) -> bool {
-    l.starts_with("🔶 Pred") || l.starts_with("🔶 P") || l.starts_with("🔶 G ")
+    token_line_format(l).is_some()
+}
+
+/// The format of a token line (`🔶 Pred…`, `🔶 P…`, `🔶 G …`); `None` for other lines.
+pub fn token_line_format(l: &str) -> Option<LogFormat> {
+    if l.starts_with("🔶 Pred") {
+        Some(LogFormat::V0_12_8)
+    } else if l.starts_with("🔶 G ") {
+        Some(LogFormat::V0_11)
+    } else if l.starts_with("🔶 P") {
+        Some(LogFormat::V0_12_0)
+    } else {
+        None
+    }
 }
 
 fn is_eval_line(l: &str) -> bool {
@@ -121,6 +134,70 @@ fn split_token_line(line: &str, format: LogFormat) -> Result<(PredToken, String)
     ))
 }
 
+/// The token lines (with the lines their pieces continue on) and the prompt-evaluation lines of a
+/// region: the tokens, the evaluation batches, the prompt tokens those batches count.
+fn read_region(lines: &[&str], format: LogFormat) -> Result<(Vec<PredToken>, u64, u64), String> {
+    let mut tokens: Vec<PredToken> = Vec::new();
+    let mut eval_batches = 0u64;
+    let mut eval_sum = 0u64;
+    for line in lines {
+        if is_eval_line(line) {
+            eval_batches += 1;
+            if let Some(n) = line
+                .rsplit_once('(')
+                .and_then(|(_, r)| r.strip_suffix(" tokens)"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+            {
+                eval_sum += n;
+            }
+        } else if is_token_line(line) {
+            let (mut t, piece) = split_token_line(line, format)?;
+            t.piece = piece;
+            tokens.push(t);
+        } else if let Some(last) = tokens.last_mut() {
+            // A piece that contains a newline continues on this line.
+            last.piece.push('\n');
+            last.piece.push_str(line);
+        }
+    }
+    Ok((tokens, eval_batches, eval_sum))
+}
+
+/// Parses the output of a run that was **stopped** after its last complete token (the backend
+/// stops `dllama inference` once it has the tokens asked for): no summary; `output` ends with the
+/// line break after the last piece. The prompt tokens come from the evaluation lines, the
+/// generated ones are the token lines. v0.11 logs cannot be cut (their token lines include the
+/// prompt positions).
+pub fn parse_cut(output: &str) -> Result<InferenceLog, String> {
+    let body = output.strip_suffix('\n').unwrap_or(output);
+    let lines: Vec<&str> = body
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
+    let first = lines
+        .iter()
+        .position(|l| is_token_line(l) || is_eval_line(l))
+        .ok_or("no `🔶` token lines: is this the output of `dllama inference`?")?;
+    let format = lines
+        .iter()
+        .find_map(|l| token_line_format(l))
+        .ok_or("no `🔶` token lines before the run was stopped")?;
+    if format == LogFormat::V0_11 {
+        return Err("a v0.11 log cannot be cut: its token lines include the prompt".into());
+    }
+    let (tokens, eval_batches, eval_sum) = read_region(&lines[first..], format)?;
+    Ok(InferenceLog {
+        format,
+        text: tokens.iter().map(|t| t.piece.as_str()).collect(),
+        eval_tokens: Some(eval_sum),
+        eval_batches,
+        eval_tokens_per_s: None,
+        pred_tokens: tokens.len() as u64,
+        pred_tokens_per_s: None,
+        tokens,
+    })
+}
+
 /// Parses the output of `dllama inference`.
 pub fn parse(output: &str) -> Result<InferenceLog, String> {
     let lines: Vec<&str> = output
@@ -174,29 +251,7 @@ pub fn parse(output: &str) -> Result<InferenceLog, String> {
             (s, end)
         }
     };
-    let mut tokens: Vec<PredToken> = Vec::new();
-    let mut eval_batches = 0u64;
-    let mut eval_sum = 0u64;
-    for line in &lines[first..region_end] {
-        if is_eval_line(line) {
-            eval_batches += 1;
-            if let Some(n) = line
-                .rsplit_once('(')
-                .and_then(|(_, r)| r.strip_suffix(" tokens)"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-            {
-                eval_sum += n;
-            }
-        } else if is_token_line(line) {
-            let (mut t, piece) = split_token_line(line, format)?;
-            t.piece = piece;
-            tokens.push(t);
-        } else if let Some(last) = tokens.last_mut() {
-            // A piece that contains a newline continues on this line.
-            last.piece.push('\n');
-            last.piece.push_str(line);
-        }
-    }
+    let (tokens, eval_batches, eval_sum) = read_region(&lines[first..region_end], format)?;
     let text: String = tokens.iter().map(|t| t.piece.as_str()).collect();
     let mut out = InferenceLog {
         format,
@@ -337,6 +392,32 @@ mod tests {
         let log = parse(out).unwrap();
         assert_eq!(log.tokens[1].piece, "\n");
         assert_eq!(log.text, "a\n");
+    }
+
+    #[test]
+    fn a_run_stopped_after_its_tokens() {
+        // The recorded run cut after its 17th token line (a piece that is a newline).
+        let cut_at = RECORDED
+            .match_indices("🔶 Pred")
+            .nth(17)
+            .map(|(i, _)| i)
+            .unwrap();
+        let log = parse_cut(&RECORDED[..cut_at]).unwrap();
+        let full = parse(RECORDED).unwrap();
+        assert_eq!(log.pred_tokens, 17);
+        assert_eq!(log.tokens[..], full.tokens[..17]);
+        assert_eq!(log.tokens[16].piece, "\n");
+        assert_eq!(log.eval_tokens, Some(12));
+        assert_eq!(
+            log.text,
+            full.tokens[..17]
+                .iter()
+                .map(|t| t.piece.as_str())
+                .collect::<String>()
+        );
+        let v011 = "🔶 G   40 ms I   30 ms T   10 ms S      0 kB R      0 kB Hello\n";
+        assert!(parse_cut(v011).unwrap_err().contains("v0.11"));
+        assert!(parse_cut("header only\n").is_err());
     }
 
     #[test]

@@ -35,6 +35,23 @@ SYNTHESISED (same headers, framing and JSON shapes and key order as the recordin
     `📀 RequiredMemory`, `🚁 Network is in non-blocking mode`, `🛑 Stop signal` when the root finishes
     (or a read exception when it dies), then waits for the next root — forever.
   The root connects to every worker given with --workers and fails if one is not listening.
+
+OUTPUT BUFFERING, as the C programs' stdio (read from the v0.16.4 source and seen on the real build):
+  stdout is line-buffered at a terminal and block-buffered (4 KiB) otherwise, e.g. over an SSH exec
+  channel. Only these lines are flushed when they are printed: `dllama inference` after the prompt
+  evaluation and after every token; `dllama-api` after every generated piece and after the `🔶` that
+  ends a request. So the worker's `Listening on` and dllama-api's `Server URL:` do NOT arrive while
+  the process runs (until 4 KiB gather); a process that exits normally (`🚨 Critical error` of
+  `dllama`) flushes at exit; dllama-api has no handler for most errors: the C++ runtime prints
+  `terminate called after throwing an instance of 'std::runtime_error'` and `what(): …` on stderr and
+  aborts, and its buffered stdout is lost.
+  Also faithful: the worker closes its listening socket while it serves a root and listens again
+  after; a connection that closes without sending a configuration kills it (`🚨 Critical error:
+  Socket closed`, exit 1 — so nobody may probe its port with a TCP connection); a root that dies
+  mid-run gives `🚨 Network error: Socket closed` and the worker listens again. dllama-api that
+  cannot connect to a worker prints `🚨 Connection error: Cannot connect`, `🔄 Retrying in 3
+  seconds...` and retries forever (not flushed either).
+  DLLAMA_DOUBLE_LOAD_MS: milliseconds the root spends "loading the model" before it listens.
 """
 
 import json
@@ -52,7 +69,17 @@ PIECE_RE = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d| ?[^\s\w]+| ?_+|\s
 RECORDED_PROMPT = "Question: What is the capital of France?\nAnswer:"
 CHATML = "<|im_start|>{role}\n{content}<|im_end|>\n"
 
-sys.stdout.reconfigure(line_buffering=True)
+if sys.stdout.isatty():
+    sys.stdout.reconfigure(line_buffering=True)
+else:
+    # stdio's full buffering of a pipe: 4 KiB, flushed when full, at a normal exit, or explicitly.
+    sys.stdout = open(sys.stdout.fileno(), "w", buffering=4096, encoding="utf-8", closefd=False)
+
+API_MODE = len(sys.argv) > 1 and sys.argv[1] == "api"
+
+
+class ConnectError(Exception):
+    """distributed-llama's NnConnectionSocketException."""
 
 
 def fixture(name, binary=True):
@@ -74,7 +101,15 @@ def pieces(text):
 
 
 def critical(msg):
+    """A std::runtime_error: `dllama` catches it in main (printed, flushed at exit, exit 1);
+    `dllama-api` does not (std::terminate: stderr, abort, buffered stdout lost)."""
+    if API_MODE:
+        sys.stderr.write("terminate called after throwing an instance of 'std::runtime_error'\n")
+        sys.stderr.write("  what():  %s\n" % msg)
+        sys.stderr.flush()
+        os.abort()
     print("🚨 Critical error: %s" % msg)
+    sys.stdout.flush()
     sys.exit(1)
 
 
@@ -144,9 +179,10 @@ def start_root(a):
     """Loads the 'model', connects to the workers and sends them weights, as the root does."""
     if a.model is None or a.tokenizer is None:
         critical("Model path is required" if a.model is None else "Tokenizer path is required")
-    for path in (a.model, a.tokenizer):
-        if not os.path.isfile(path):
-            critical("Cannot open file %s" % path)
+    if not os.path.isfile(a.model):
+        critical("Cannot open model file (%s): No such file or directory" % a.model)
+    if not os.path.isfile(a.tokenizer):
+        critical("Failed to open tokenizer file")
     n_nodes = len(a.workers) + 1
     if n_nodes & (n_nodes - 1):
         critical("The number of nodes must be a power of 2")
@@ -164,7 +200,10 @@ def start_root(a):
         try:
             s = socket.create_connection((h, p), timeout=5)
         except OSError as e:
-            critical("Cannot connect to %s:%d (%s)" % (h, p, e))
+            print("Cannot connect to %s:%d (%s)" % (h, p, e.strerror or e))
+            for o in socks:
+                o.close()
+            raise ConnectError("Cannot connect")
         print("⭕ Socket[%d]: connected" % i)
         socks.append(s)
     if socks:
@@ -172,6 +211,9 @@ def start_root(a):
     print(lines[-2])
     for i, s in enumerate(socks):
         s.sendall(b"CONFIG nodes=%d index=%d\n" % (n_nodes, i + 1) + b"W" * 65536)
+    load_ms = float(os.environ.get("DLLAMA_DOUBLE_LOAD_MS", "0"))
+    if load_ms > 0:
+        time.sleep(load_ms / 1000.0)
     print(lines[-1])
     if socks:
         print("🚁 Network is in non-blocking mode")
@@ -195,24 +237,33 @@ def worker(argv):
     a = Args(argv)
     if a.port < 1024:
         critical("Invalid port number")
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", a.port))
-    srv.listen(1)
     while True:
+        # NnNetwork::serve: a listening socket per root, closed once the root has connected.
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            srv.bind(("0.0.0.0", a.port))
+        except OSError as e:
+            critical("Cannot bind port: %s" % (e.strerror or e))
+        srv.listen(1)
         print("Listening on 0.0.0.0:%d..." % a.port)
         conn, _ = srv.accept()
+        srv.close()
+        print("⭕ The root node has connected")
         data = b""
         while b"\n" not in data:
             chunk = conn.recv(65536)
             if not chunk:
-                break
+                critical("Socket closed")  # the real worker exits: not a root after all
             data += chunk
         print("📀 RequiredMemory: 122 MB")
         print("🚁 Network is in non-blocking mode")
         stopped = False
         while True:
-            chunk = conn.recv(65536)
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                chunk = b""
             if not chunk:
                 break
             data += chunk
@@ -223,7 +274,7 @@ def worker(argv):
         if stopped:
             print("🛑 Stop signal")
         else:
-            print("Read network exception: Error reading from socket")
+            print("🚨 Network error: Socket closed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,12 +296,17 @@ def inference(argv):
         critical("The number of prompt tokens is greater than the sequence length")
     if n_input > a.steps:
         critical("The number of prompt tokens is greater than the number of steps")
-    socks = start_root(a)
+    try:
+        socks = start_root(a)
+    except ConnectError as e:
+        critical(str(e))
     if a.prompt == RECORDED_PROMPT and a.steps == 40 and fmt == "v0.16.4" and not a.workers:
         text = fixture("inference_v0.16.4.log", False)
         body = text.split("💿 Weights loaded\n", 1)[1].split("\nreal\t", 1)[0]
-        sys.stdout.write(body)
-        sys.stdout.flush()
+        for line in body.splitlines(keepends=True):  # flushed as the real run flushes
+            sys.stdout.write(line)
+            if line.startswith("🔶") or line.startswith("🔷"):
+                sys.stdout.flush()
         finish_root(socks)
         return
     n_eval = n_input - 1
@@ -280,12 +336,14 @@ def inference(argv):
         else:
             print("🔷️ Eval%5u ms Sync%5u ms | Sent%6u kB Recv%6u kB | (%d tokens)" % (12 * b, 0, kb, kb, b))
         done += b
+    sys.stdout.flush()
     for k, p in enumerate(preds):
         ms = 44 + (h >> k) % 9
         if fmt == "v0.12.0":
             print("🔶 P%5u ms S%6u kB R%6u kB %s" % (ms, kb, kb, p))
         else:
             print("🔶 Pred%5u ms Sync%5u ms | Sent%6u kB Recv%6u kB | %s" % (ms, 0, kb, kb, p))
+        sys.stdout.flush()
     print()
     print("Evaluation")
     print("   nBatches: %d" % 32)
@@ -468,14 +526,21 @@ def chat(conn, state, req):
 
 def api(argv):
     a = Args(argv)
-    socks = start_root(a)
+    while True:  # main(): a connection error is retried every 3 s, forever
+        try:
+            socks = start_root(a)
+            break
+        except ConnectError as e:
+            print("🚨 Connection error: %s" % e)
+            print("🔄 Retrying in 3 seconds...")
+            time.sleep(3)
     state = ApiState(a.max_seq_len or 8192)
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         srv.bind(("0.0.0.0", a.port))
     except OSError as e:
-        critical("Cannot bind port %d (%s)" % (a.port, e))
+        critical("Cannot bind port: %s" % (e.strerror or e))
     srv.listen(16)
     seen_header = False
     for line in fixture("api_startup.log", False).splitlines():
@@ -508,6 +573,7 @@ def api(argv):
             conn.close()
             continue
         method, path, headers, body = req
+        print("🔷 %s %s" % (method, path))
         if log:
             with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"method": method, "path": path, "headers": list(headers.items()),
@@ -532,6 +598,7 @@ def api(argv):
                 time.sleep(delay)
             chat(conn, state, parsed)
             print("🔶")
+            sys.stdout.flush()
         else:
             send_raw(conn, "no_route.http")
         try:
