@@ -7,6 +7,8 @@
 mod commands;
 mod context;
 mod plugins;
+mod progress;
+mod runcmd;
 
 use clap::{Parser, Subcommand};
 use context::Context;
@@ -38,6 +40,8 @@ enum Command {
     Monitor(commands::monitor::MonitorArgs),
     /// Run suites through a backend for accuracy alone (like lm-eval): records, summary, benchmark JSON.
     Eval(commands::eval::EvalArgs),
+    /// The measured run: a power source and a backend side by side, the paper's protocol, EPI.
+    Profile(commands::profile::ProfileArgs),
     /// Benchmark data sets: fetch (download and verify) and list (what is found where).
     #[command(subcommand)]
     Datasets(commands::datasets::DatasetsCommand),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::List(w) => commands::list::run(&ctx, w),
         Command::Monitor(a) => commands::monitor::run(&ctx, a),
         Command::Eval(a) => commands::eval::run(&ctx, a),
+        Command::Profile(a) => commands::profile::run(&ctx, a),
         Command::Datasets(c) => commands::datasets::run(&ctx, c),
         Command::Calculate(a) => commands::calculate::run(&ctx, a),
         Command::Validate(a) => commands::validate::run(&ctx, a),
@@ -96,6 +101,11 @@ fn report(e: anyhow::Error) -> ExitCode {
     eprintln!("error: {e}");
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {cause}");
+    }
+    if e.chain()
+        .any(|c| c.downcast_ref::<runcmd::Usage>().is_some())
+    {
+        return ExitCode::from(2);
     }
     let input = e.chain().any(|c| {
         c.downcast_ref::<epi_framework::InputError>().is_some()

@@ -47,6 +47,11 @@ pub struct BenchmarkResult {
     /// 95 % bootstrap interval per benchmark key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub benchmark_ci95: BTreeMap<String, (f64, f64)>,
+    /// The stretch of the power trace this benchmark ran in, `[start, end]` in ms on the trace's
+    /// timeline (`epi profile` records start-up, warm-up and the idle baseline too); the energy
+    /// is integrated over it. `None`: the whole trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_window_ms: Option<(f64, f64)>,
     /// Any other fields, kept as they were.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -93,6 +98,14 @@ impl BenchmarkResult {
                 return Err((
                     format!("benchmark_ci95.{k}"),
                     format!("[{lo}, {hi}] is not an interval in [0, 1]"),
+                ));
+            }
+        }
+        if let Some((a, b)) = self.energy_window_ms {
+            if !(a.is_finite() && b.is_finite() && a < b) {
+                return Err((
+                    "energy_window_ms".into(),
+                    format!("[{a}, {b}] is not a window: expected [start, end] ms, start < end"),
                 ));
             }
         }

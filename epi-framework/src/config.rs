@@ -49,7 +49,8 @@ pub const FILE_NAME: &str = "epi-bench.toml";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct General {
-    /// Hardware written into results when `--hardware` is not given.
+    /// Hardware label of runs when `--hardware` is not given; `unknown` (the default) lets
+    /// `epi eval` / `epi profile` detect it (CPU, cores, memory, accelerators of every host).
     pub default_hardware: String,
     /// Instrument written into results.
     pub default_instrument: String,
@@ -74,7 +75,7 @@ pub struct General {
 impl Default for General {
     fn default() -> Self {
         General {
-            default_hardware: "4x Pi 5 16GB (distributed-llama)".into(),
+            default_hardware: "unknown".into(),
             default_instrument: "epi-meter v1.0".into(),
             measurement_point: "AC inlet per node".into(),
             results_db: PathBuf::from("results.db"),
@@ -86,6 +87,57 @@ impl Default for General {
             repetitions: 3,
         }
     }
+}
+
+/// `[run]`: the settings of `epi profile` and `epi eval` that flags override (every flag of
+/// theirs has a key here; unset keys take the built-in defaults).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Power source key (`epi-meter`, `rapl`, `nvml`, `cpu-model`, `auto`, ...).
+    pub power: Option<String>,
+    /// Backend key.
+    pub backend: Option<String>,
+    /// Suites.
+    pub suites: Option<Vec<String>>,
+    /// Items per suite (per subject for MMLU).
+    pub limit: Option<usize>,
+    /// Few-shot examples per item (every suite).
+    pub num_fewshot: Option<usize>,
+    /// `loglikelihood` or `generative`.
+    pub mode: Option<String>,
+    /// Generative mode: most tokens per answer.
+    pub max_tokens: Option<u32>,
+    /// Queries in flight.
+    pub concurrency: Option<usize>,
+    /// Repetitions of the measured part.
+    pub repetitions: Option<u32>,
+    /// Warm-up seconds.
+    pub warmup_s: Option<f64>,
+    /// Warm-up queries.
+    pub warmup_queries: Option<usize>,
+    /// Idle baseline seconds.
+    pub idle_s: Option<f64>,
+    /// Seconds the power source has to deliver its first samples.
+    pub first_sample_timeout_s: Option<f64>,
+    /// Where run directories go (`runs/`).
+    pub output_dir: Option<PathBuf>,
+    /// A benchmark result even when queries failed.
+    pub allow_failures: Option<bool>,
+    /// Tags of the results-database entry.
+    pub tags: Option<Vec<String>>,
+    /// Log runs into this results database.
+    pub db: Option<PathBuf>,
+    /// Model label.
+    pub model_name: Option<String>,
+    /// Quantization label.
+    pub quantization: Option<String>,
+    /// Surgery label.
+    pub surgery: Option<String>,
+    /// Hardware label (default: detected).
+    pub hardware: Option<String>,
+    /// `--power auto`: the sources tried, in order (default `["nvml", "rapl"]`).
+    pub auto_power: Option<Vec<String>>,
 }
 
 /// `[benchmarks]`.
@@ -202,6 +254,8 @@ pub struct Config {
     pub general: General,
     /// `[orchestrator]`: settings of the `orchestrator` power source.
     pub orchestrator: Option<toml::Table>,
+    /// `[run]`: defaults of `epi profile` and `epi eval`.
+    pub run: RunSettings,
     /// `[benchmarks]`.
     pub benchmarks: Benchmarks,
     /// `[plotting]`.

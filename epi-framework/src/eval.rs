@@ -15,9 +15,11 @@
 //!   [`parse_answer`] reads the reply strictly. An unparseable reply counts as wrong and is counted.
 //!   Items without choices (prompt files) are generated and recorded, with no prediction.
 //! - **Failures.** A query that fails after the backend's retries is recorded with its error and
-//!   counts as wrong (`ItemOutcome::failed`); nothing is dropped. When the backend reports the
-//!   server unavailable (it died: connections refused), the run stops with
-//!   [`EvalError::ServerLost`] after recording that item.
+//!   counted (`ItemOutcome::failed`); nothing is dropped, and it is **not** a wrong answer: a
+//!   suite's score is over the answered items ([`SuiteRun::answered_score`]) with the failures
+//!   counted beside it, and the run engine decides whether a run with failures may give a
+//!   benchmark result. When the backend reports the server unavailable (it died: connections
+//!   refused), the run stops with [`EvalError::ServerLost`] after recording that item.
 //! - **Timeline.** Every record's `start_s`/`end_s` are seconds on the host monotonic clock since
 //!   the `origin` instant the caller gives (the profile run's session start), and the runner keeps
 //!   the list of [`QueryWindow`]s for energy attribution.
@@ -108,6 +110,9 @@ pub struct EvalOptions {
     pub generative: GenerativeOptions,
     /// At most this many items in flight (never more than the backend's `max_concurrency`).
     pub max_concurrency: Option<usize>,
+    /// Repetition written into every record (`epi profile`; `None` for a single evaluation).
+    #[serde(default)]
+    pub repetition: Option<u32>,
 }
 
 impl EvalOptions {
@@ -118,6 +123,7 @@ impl EvalOptions {
             mode: None,
             generative: GenerativeOptions::default(),
             max_concurrency: None,
+            repetition: None,
         }
     }
 }
@@ -269,6 +275,20 @@ impl SuiteRun {
     pub fn unparseable(&self) -> usize {
         self.outcomes.iter().filter(|o| o.unparseable).count()
     }
+
+    /// The suite's score over the items that were answered: a failed query (a server error after
+    /// the backend's retries) is not a wrong answer, so it is left out of the accuracy and counted
+    /// beside it (`n_failed`). `None` when no item was answered.
+    pub fn answered_score(&self, suite: &dyn Suite) -> Option<SuiteScore> {
+        let answered: Vec<ItemOutcome> =
+            self.outcomes.iter().filter(|o| !o.failed).cloned().collect();
+        if answered.is_empty() {
+            return None;
+        }
+        let mut score = suite.aggregate(&answered, self.mode);
+        score.n_failed = self.failed();
+        Some(score)
+    }
 }
 
 /// Runs suites through one backend in one scoring mode.
@@ -281,6 +301,7 @@ pub struct Evaluator<'a> {
     concurrency: usize,
     windows: Vec<QueryWindow>,
     runs: Vec<SuiteRun>,
+    observer: Option<&'a dyn crate::run::observe::RunObserver>,
 }
 
 /// What one item's query gave.
@@ -317,7 +338,58 @@ impl<'a> Evaluator<'a> {
             concurrency,
             windows: Vec::new(),
             runs: Vec::new(),
+            observer: None,
         })
+    }
+
+    /// Reports every finished query to `observer` (progress displays).
+    pub fn set_observer(&mut self, observer: &'a dyn crate::run::observe::RunObserver) {
+        self.observer = Some(observer);
+    }
+
+    /// Runs items through the backend without recording them, cycling through `items`, until
+    /// `queries` have finished and `seconds` have passed (warm-up: outside every energy window).
+    /// Returns the queries run and how many failed; stops early when the server is lost.
+    pub async fn warm_up(
+        &self,
+        items: &[SuiteItem],
+        queries: usize,
+        seconds: f64,
+    ) -> Result<(usize, usize), EvalError> {
+        if items.is_empty() || (queries == 0 && seconds <= 0.0) {
+            return Ok((0, 0));
+        }
+        let chat = self.opts.generative.chat.unwrap_or(!self.caps.completions);
+        let t0 = Instant::now();
+        let (mut n, mut failed) = (0usize, 0usize);
+        while n < queries || t0.elapsed().as_secs_f64() < seconds {
+            let item = items[n % items.len()].clone();
+            let done = run_item(
+                self.backend,
+                self.mode,
+                chat,
+                self.opts.generative.clone(),
+                self.opts.run_id.clone(),
+                self.origin,
+                None,
+                n,
+                item,
+            )
+            .await;
+            n += 1;
+            if done.record.error.is_some() {
+                failed += 1;
+            }
+            if let Some(source) = done.lost {
+                return Err(EvalError::ServerLost {
+                    suite: "warm-up".into(),
+                    done: n,
+                    total: queries.max(n),
+                    source,
+                });
+            }
+        }
+        Ok((n, failed))
     }
 
     /// The scoring mode of every suite of this run.
@@ -350,11 +422,7 @@ impl<'a> Evaluator<'a> {
         if run.outcomes.is_empty() {
             return None;
         }
-        Some(
-            run.score
-                .clone()
-                .unwrap_or_else(|| suite.aggregate(&run.outcomes, self.mode)),
-        )
+        run.score.clone().or_else(|| run.answered_score(suite))
     }
 
     /// Runs `items` of `suite`, writing one record per item to `sink` as it finishes.
@@ -390,7 +458,17 @@ impl<'a> Evaluator<'a> {
         let chat = self.opts.generative.chat.unwrap_or(!self.caps.completions);
         let gen = self.opts.generative.clone();
         let run_id = self.opts.run_id.clone();
+        let repetition = self.opts.repetition;
         let origin = self.origin;
+        if let Some(o) = self.observer {
+            o.event(crate::run::observe::RunEvent::SuiteStarted {
+                suite: key.clone(),
+                repetition,
+                items: total,
+                mode: mode.as_str().into(),
+                concurrency: self.concurrency,
+            });
+        }
         let mut indexed: Vec<(usize, ItemOutcome)> = Vec::with_capacity(total);
         let mut queue = items.into_iter().enumerate();
         let mut in_flight: Vec<Pin<Box<dyn Future<Output = Done> + Send + 'a>>> = Vec::new();
@@ -404,6 +482,7 @@ impl<'a> Evaluator<'a> {
                         gen.clone(),
                         run_id.clone(),
                         origin,
+                        repetition,
                         index,
                         item,
                     ))),
@@ -464,6 +543,21 @@ impl<'a> Evaluator<'a> {
             let pos = indexed.partition_point(|(i, _)| *i < done.index);
             indexed.insert(pos, (done.index, done.outcome));
             run.outcomes = indexed.iter().map(|(_, o)| o.clone()).collect();
+            if let Some(o) = self.observer {
+                let answered = run.outcomes.iter().filter(|x| !x.failed).count();
+                o.event(crate::run::observe::RunEvent::QueryDone {
+                    suite: key.clone(),
+                    done: run.outcomes.len(),
+                    total,
+                    correct: run
+                        .outcomes
+                        .iter()
+                        .filter(|x| x.prediction.is_some() && x.prediction == x.gold)
+                        .count(),
+                    answered,
+                    failed: run.outcomes.len() - answered,
+                });
+            }
             if let Some(source) = done.lost {
                 sink.flush()?;
                 return Err(EvalError::ServerLost {
@@ -476,7 +570,13 @@ impl<'a> Evaluator<'a> {
         }
         sink.flush()?;
         let run = &mut self.runs[run_index];
-        run.score = Some(suite.aggregate(&run.outcomes, mode));
+        run.score = run.answered_score(suite);
+        if let Some(o) = self.observer {
+            o.event(crate::run::observe::RunEvent::SuiteDone {
+                suite: key.clone(),
+                accuracy: run.score.as_ref().and_then(|s| s.headline_value()),
+            });
+        }
         Ok(&self.runs[run_index])
     }
 }
@@ -497,6 +597,7 @@ async fn run_item(
     gen: GenerativeOptions,
     run_id: String,
     origin: Instant,
+    repetition: Option<u32>,
     index: usize,
     item: SuiteItem,
 ) -> Done {
@@ -505,6 +606,7 @@ async fn run_item(
         run_id,
         suite: item.suite.clone(),
         doc_id: item.doc_id.clone(),
+        repetition,
         subject: item.subject.clone(),
         scoring_mode: mode.as_str().to_string(),
         context: item.context.clone(),
@@ -925,8 +1027,10 @@ mod tests {
         assert_eq!(run.errors.len(), 1);
         assert!(run.errors.keys().next().unwrap().contains("HTTP 500"));
         let score = run.score.unwrap();
-        // Every successful item predicts its gold; item 3 failed: 5/6.
-        assert!((score.metrics["acc"].value - 5.0 / 6.0).abs() < 1e-12);
+        // Every answered item predicts its gold; item 3 failed: left out, counted beside.
+        assert!((score.metrics["acc"].value - 1.0).abs() < 1e-12);
+        assert_eq!(score.n_items, 5);
+        assert_eq!(score.n_failed, 1);
         assert_eq!(backend.peak.load(Ordering::SeqCst), 3);
         let recs = crate::records::read_jsonl_records(&dir.path().join("records.jsonl")).unwrap();
         assert_eq!(recs.len(), 6);
@@ -955,8 +1059,9 @@ mod tests {
             .clone();
         assert_eq!(run.unparseable(), 1, "item 2 says `I think C`");
         assert_eq!(run.failed(), 1, "item 3 timed out");
-        // 0 → A (gold 0) ok, 1 → B ok, 4 → A (gold 0) ok, 5 → B (gold 1) ok.
-        assert!((run.score.unwrap().metrics["acc"].value - 4.0 / 6.0).abs() < 1e-12);
+        // 0 → A (gold 0) ok, 1 → B ok, 4 → A (gold 0) ok, 5 → B (gold 1) ok; 2 is wrong
+        // (unparseable), 3 failed (not counted as an answer).
+        assert!((run.score.unwrap().metrics["acc"].value - 4.0 / 5.0).abs() < 1e-12);
         assert_eq!(run.token_count_sources.get("usage"), Some(&5));
         assert_eq!(run.tokens_unknown, 0);
         let prompts = backend.prompts.lock().unwrap();
@@ -986,10 +1091,10 @@ mod tests {
         assert!(err.to_string().contains("connection refused"), "{err}");
         // Flushed: the Arrow stream holds the three records although the batch size is 100.
         let batches =
-            crate::records::read_arrow_records(&dir.path().join("records.arrows")).unwrap();
+            crate::records::read_arrow_records(&dir.path().join("records.arrow")).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
         let partial = ev.partial_score(&ToySuite).unwrap();
-        assert_eq!(partial.n_items, 3);
+        assert_eq!((partial.n_items, partial.n_failed), (2, 1), "item 2 failed");
     }
 
     #[tokio::test]
@@ -1014,7 +1119,8 @@ mod tests {
             n
         );
         if n > 0 {
-            assert_eq!(ev.partial_score(&ToySuite).unwrap().n_items, n);
+            let p = ev.partial_score(&ToySuite).unwrap();
+            assert_eq!(p.n_items + p.n_failed, n);
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - energy integration and attribution ([`energy`], [`trace`]) and every metric formula
 //!   ([`metrics`]), each defined once as `measurement-methodology.md` states it;
 //! - the EPI calculator ([`calculator`]);
+//! - the run engine ([`run`]): `epi profile` and `epi eval` — a power source and a backend side by
+//!   side, every query timed, recorded and attributed its energy;
 //! - the results database ([`resultsdb`]): tagged EPI results in SQLite, queries, exports.
 #![deny(missing_docs)]
 
@@ -30,6 +32,7 @@ pub mod records;
 pub mod registry;
 pub mod result;
 pub mod resultsdb;
+pub mod run;
 pub mod sample;
 pub mod scorer;
 pub mod ssh;

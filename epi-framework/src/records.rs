@@ -1,5 +1,12 @@
-//! Per-query records, written as JSON Lines and as an Arrow IPC stream while a run goes on, so an
-//! interrupted run leaves every finished query on disk, readable.
+//! Per-query records, written as JSON Lines (`records.jsonl`) and as an Arrow IPC file
+//! (`records.arrow`) while a run goes on, so an interrupted run — Ctrl-C, a fault, `kill -9` —
+//! leaves every finished query on disk, readable: every JSON line as soon as its query ends, and
+//! the Arrow file complete (footer included) after each batch ([`arrow_file`]). One schema for
+//! `epi eval` and `epi profile`; the columns are documented in `docs/formats.md`.
+//!
+//! Failures are I/O and encoding errors ([`Error`]), naming the file.
+
+pub mod arrow_file;
 
 use crate::error::Error;
 use arrow::array::{
@@ -7,13 +14,19 @@ use arrow::array::{
     UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
+use arrow_file::ArrowFileAppender;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// File name of the JSON Lines records.
+pub const RECORDS_JSONL: &str = "records.jsonl";
+/// File name of the Arrow records.
+pub const RECORDS_ARROW: &str = "records.arrow";
 
 /// One query (one benchmark document, or one prompt) and everything measured about it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -24,6 +37,9 @@ pub struct QueryRecord {
     pub suite: String,
     /// Document id within the suite.
     pub doc_id: String,
+    /// Repetition of the measured part (1-based; `None` outside `epi profile`).
+    #[serde(default)]
+    pub repetition: Option<u32>,
     /// Sub-task (MMLU subject).
     pub subject: Option<String>,
     /// `loglikelihood` or `generative`.
@@ -64,15 +80,19 @@ pub struct QueryRecord {
     pub latency_s: f64,
     /// Time to first token, s.
     pub ttft_s: Option<f64>,
-    /// Attributed energy, J (profile runs).
+    /// Attributed energy, gross (what the meter saw), J (profile runs).
     pub energy_j: Option<f64>,
+    /// Attributed energy net of the idle baseline, J (profile runs with an idle baseline).
+    #[serde(default)]
+    pub energy_net_j: Option<f64>,
     /// Coverage of the query's window by power samples.
     pub energy_coverage: Option<f64>,
     /// The error, when the query failed (it is counted as wrong, never dropped).
     pub error: Option<String>,
 }
 
-fn schema() -> SchemaRef {
+/// The Arrow schema of the records.
+pub fn schema() -> SchemaRef {
     let list_f64 = DataType::List(Arc::new(Field::new("item", DataType::Float64, true)));
     let list_bool = DataType::List(Arc::new(Field::new("item", DataType::Boolean, true)));
     let list_str = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
@@ -80,6 +100,7 @@ fn schema() -> SchemaRef {
         Field::new("run_id", DataType::Utf8, false),
         Field::new("suite", DataType::Utf8, false),
         Field::new("doc_id", DataType::Utf8, false),
+        Field::new("repetition", DataType::UInt32, true),
         Field::new("subject", DataType::Utf8, true),
         Field::new("scoring_mode", DataType::Utf8, false),
         Field::new("context", DataType::Utf8, false),
@@ -101,6 +122,7 @@ fn schema() -> SchemaRef {
         Field::new("latency_s", DataType::Float64, false),
         Field::new("ttft_s", DataType::Float64, true),
         Field::new("energy_j", DataType::Float64, true),
+        Field::new("energy_net_j", DataType::Float64, true),
         Field::new("energy_coverage", DataType::Float64, true),
         Field::new("error", DataType::Utf8, true),
     ]))
@@ -149,6 +171,7 @@ fn to_batch(
         strings!(|r: &QueryRecord| Some(r.run_id.clone())),
         strings!(|r: &QueryRecord| Some(r.suite.clone())),
         strings!(|r: &QueryRecord| Some(r.doc_id.clone())),
+        prim!(UInt32Builder, |r: &QueryRecord| r.repetition),
         strings!(|r: &QueryRecord| r.subject.clone()),
         strings!(|r: &QueryRecord| Some(r.scoring_mode.clone())),
         strings!(|r: &QueryRecord| Some(r.context.clone())),
@@ -170,6 +193,7 @@ fn to_batch(
         prim!(Float64Builder, |r: &QueryRecord| Some(r.latency_s)),
         prim!(Float64Builder, |r: &QueryRecord| r.ttft_s),
         prim!(Float64Builder, |r: &QueryRecord| r.energy_j),
+        prim!(Float64Builder, |r: &QueryRecord| r.energy_net_j),
         prim!(Float64Builder, |r: &QueryRecord| r.energy_coverage),
         strings!(|r: &QueryRecord| r.error.clone()),
     ];
@@ -177,19 +201,23 @@ fn to_batch(
 }
 
 /// Writes records to `<dir>/records.jsonl` (one line per record, flushed at once) and
-/// `<dir>/records.arrows` (Arrow IPC stream, one batch per `batch_size` records).
+/// `<dir>/records.arrow` (an Arrow IPC file, complete after every batch).
 ///
-/// Both files are readable at any moment: JSON Lines up to the last complete line, the Arrow
-/// stream up to the last complete batch.
+/// A batch goes to the Arrow file when `batch_size` records are pending, or on the first record
+/// that finds the last batch older than the flush interval (1 s, growing by 10 ms per batch
+/// already written, so the footer rewritten at each batch stays a small share of the writes on
+/// runs of hours), and at [`flush`](RecordSink::flush) / [`finish`](RecordSink::finish).
 pub struct RecordSink {
     jsonl_path: PathBuf,
     arrow_path: PathBuf,
     jsonl: BufWriter<File>,
-    arrow: StreamWriter<BufWriter<File>>,
+    arrow: ArrowFileAppender,
     schema: SchemaRef,
     pending: Vec<QueryRecord>,
     batch_size: usize,
     written: u64,
+    batches: u32,
+    last_flush: Instant,
 }
 
 impl RecordSink {
@@ -197,16 +225,12 @@ impl RecordSink {
     pub fn create(dir: impl AsRef<Path>, batch_size: usize) -> Result<RecordSink, Error> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let jsonl_path = dir.join("records.jsonl");
-        let arrow_path = dir.join("records.arrows");
+        let jsonl_path = dir.join(RECORDS_JSONL);
+        let arrow_path = dir.join(RECORDS_ARROW);
         let jsonl =
             BufWriter::new(File::create(&jsonl_path).map_err(|e| Error::io(&jsonl_path, e))?);
-        let af = BufWriter::new(File::create(&arrow_path).map_err(|e| Error::io(&arrow_path, e))?);
         let schema = schema();
-        let mut arrow = StreamWriter::try_new(af, &schema)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
-        arrow
-            .flush()
+        let arrow = ArrowFileAppender::create(&arrow_path, &schema)
             .map_err(|e| Error::Invalid(format!("{}: {e}", arrow_path.display())))?;
         Ok(RecordSink {
             jsonl_path,
@@ -217,6 +241,8 @@ impl RecordSink {
             pending: Vec::new(),
             batch_size: batch_size.max(1),
             written: 0,
+            batches: 0,
+            last_flush: Instant::now(),
         })
     }
 
@@ -229,14 +255,16 @@ impl RecordSink {
             .map_err(|e| Error::io(&self.jsonl_path, e))?;
         self.pending.push(rec);
         self.written += 1;
-        if self.pending.len() >= self.batch_size {
+        let interval = Duration::from_secs(1) + Duration::from_millis(10) * self.batches;
+        if self.pending.len() >= self.batch_size || self.last_flush.elapsed() >= interval {
             self.flush()?;
         }
         Ok(())
     }
 
-    /// Writes pending records as an Arrow batch.
+    /// Writes pending records as an Arrow batch (the file is complete afterwards).
     pub fn flush(&mut self) -> Result<(), Error> {
+        self.last_flush = Instant::now();
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -244,9 +272,9 @@ impl RecordSink {
             Error::Invalid(format!("{}: {e}", self.arrow_path.display()))
         };
         let batch = to_batch(&self.schema, &self.pending).map_err(err)?;
-        self.arrow.write(&batch).map_err(err)?;
-        self.arrow.flush().map_err(err)?;
+        self.arrow.append(&batch).map_err(err)?;
         self.pending.clear();
+        self.batches += 1;
         Ok(())
     }
 
@@ -258,29 +286,36 @@ impl RecordSink {
     /// Flushes and closes both files.
     pub fn finish(mut self) -> Result<(PathBuf, PathBuf), Error> {
         self.flush()?;
-        let path = self.arrow_path.clone();
-        self.arrow
-            .finish()
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
         Ok((self.jsonl_path, self.arrow_path))
     }
 }
 
-/// Reads an Arrow IPC stream of records back (complete batches only), returning the row count
-/// and the batches.
-pub fn read_arrow_records(path: &Path) -> Result<Vec<RecordBatch>, Error> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::BufReader::new(f), None)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for b in reader {
-        match b {
-            Ok(b) => out.push(b),
-            // A stream cut mid-batch (interrupted run): keep the complete batches.
-            Err(_) => break,
-        }
+/// Replaces `<dir>/records.jsonl` and `<dir>/records.arrow` with `records` (each file written
+/// beside its target and renamed over it, so a reader sees the old or the new file, never half
+/// of one). Used to add the attributed energy once a run's trace is complete.
+pub fn rewrite_records(dir: &Path, records: &[QueryRecord]) -> Result<(), Error> {
+    let tmp = dir.join(".records.rewrite");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    Ok(out)
+    let mut sink = RecordSink::create(&tmp, 4096)?;
+    for r in records {
+        sink.push(r.clone())?;
+    }
+    let (jsonl, arrow) = sink.finish()?;
+    for (from, name) in [(jsonl, RECORDS_JSONL), (arrow, RECORDS_ARROW)] {
+        let to = dir.join(name);
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+    }
+    std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(())
+}
+
+/// Reads the records' Arrow file back: every complete batch, with or without its footer (an
+/// interrupted run). Also reads the Arrow IPC stream `records.arrows` of earlier versions.
+pub fn read_arrow_records(path: &Path) -> Result<Vec<RecordBatch>, Error> {
+    arrow_file::read_arrow_file_tolerant(path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Reads a JSON Lines record file (complete lines only).
@@ -331,7 +366,7 @@ mod tests {
             .unwrap();
         }
         // Interrupted here: two complete batches (4 rows) and five JSON lines are on disk.
-        let batches = read_arrow_records(&dir.path().join("records.arrows")).unwrap();
+        let batches = read_arrow_records(&dir.path().join("records.arrow")).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
         assert_eq!(
             read_jsonl_records(&dir.path().join("records.jsonl"))
@@ -340,7 +375,7 @@ mod tests {
             5
         );
         sink.finish().unwrap();
-        let batches = read_arrow_records(&dir.path().join("records.arrows")).unwrap();
+        let batches = read_arrow_records(&dir.path().join("records.arrow")).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     }
 }

@@ -7,6 +7,7 @@ pub mod export;
 pub mod list;
 pub mod monitor;
 pub mod plots;
+pub mod profile;
 pub mod results;
 pub mod trace;
 pub mod validate;

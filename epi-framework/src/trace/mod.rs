@@ -3,9 +3,13 @@
 
 #[cfg(target_arch = "x86_64")]
 mod fast_x86;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod parse;
 mod reader;
 mod summarize;
+mod window;
 mod writer;
 
 pub use parse::{
@@ -13,6 +17,7 @@ pub use parse::{
 };
 pub use reader::TraceReader;
 pub use summarize::{summarize, ChannelSummary, TraceOptions, TraceSummary};
+pub use window::summarize_window;
 pub use writer::TraceWriter;
 
 use crate::error::Error;
@@ -88,6 +93,32 @@ impl PowerTrace {
         let summary = summarize(path, opts)?;
         let meta = TraceMeta::read_for(path)?;
         Ok(PowerTrace { summary, meta })
+    }
+
+    /// Reads a trace CSV and integrates it over `[a, b]` (ms on its timeline) only: the window a
+    /// benchmark ran in (`energy_window_ms` of its JSON), with the same gap rule as `opts`.
+    pub fn from_csv_window(
+        path: impl AsRef<Path>,
+        window: (f64, f64),
+        opts: &TraceOptions,
+    ) -> Result<PowerTrace, Error> {
+        let path = path.as_ref();
+        let summary = summarize_window(path, window, opts.gap_limit_ms, opts.max_gaps_listed)?;
+        let meta = TraceMeta::read_for(path)?;
+        Ok(PowerTrace { summary, meta })
+    }
+
+    /// Reads a trace for a benchmark result: over the benchmark's `energy_window_ms` when it
+    /// names one (a run recorded more than the benchmark: start-up, warm-up, idle), else whole.
+    pub fn for_benchmark(
+        path: impl AsRef<Path>,
+        bench: &crate::BenchmarkResult,
+        opts: &TraceOptions,
+    ) -> Result<PowerTrace, Error> {
+        match bench.energy_window_ms {
+            Some(w) => PowerTrace::from_csv_window(path, w, opts),
+            None => PowerTrace::from_csv_with(path, opts),
+        }
     }
 
     /// Window length, s.
