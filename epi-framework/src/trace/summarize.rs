@@ -631,7 +631,7 @@ fn last_row_t(header: &Header, data: &[u8], pos: usize, owned_end: usize) -> f64
 }
 
 /// The canonical-line parsers, from the plainest.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 #[derive(Clone, Copy, Debug)]
 pub(super) enum LineParser {
     Portable = 0,
@@ -640,8 +640,8 @@ pub(super) enum LineParser {
 }
 
 /// The most advanced [`LineParser`] the workers may use (the CPU permitting); tests lower it to
-/// check that every path gives the same results.
-#[cfg(test)]
+/// check that every path gives the same results (and so do the fuzz targets, feature `fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(super) static LINE_PARSER_FOR_TESTS: std::sync::atomic::AtomicU8 =
     std::sync::atomic::AtomicU8::new(LineParser::Avx512 as u8);
 
@@ -664,9 +664,9 @@ fn parse_lines<const COUNTER: bool>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fuzzing"))]
         let most = LINE_PARSER_FOR_TESTS.load(Ordering::Relaxed);
-        #[cfg(not(test))]
+        #[cfg(not(any(test, feature = "fuzzing")))]
         let most = LineParser::Avx512 as u8;
         if most >= LineParser::Avx512 as u8 && super::fast_x86::available_avx512() {
             // SAFETY: the CPU has every feature the function is compiled for (checked above).

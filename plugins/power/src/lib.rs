@@ -3,6 +3,9 @@
 
 pub mod csv;
 pub mod epi_meter;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host_time;
 pub mod nvml;
 pub mod orchestrator;

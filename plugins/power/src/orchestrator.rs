@@ -1254,5 +1254,8 @@ epi_framework::inventory::submit! {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;
