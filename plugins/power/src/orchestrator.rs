@@ -494,6 +494,12 @@ fn parse_row(cells: &[&str]) -> Result<DbRow, String> {
     }
     let volts = cell_f64(cells[4], "volts_rms")?;
     let amps = cell_f64(cells[5], "amps_rms")?;
+    // What the trace format accepts (a recorded trace must read back).
+    for (field, v) in [("volts_rms", volts), ("amps_rms", amps)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(format!("{field}: {v} is not a value ≥ 0 (finite)"));
+        }
+    }
     let pf = cell_f64(cells[6], "power_factor")?;
     if let Some(p) = pf {
         if !(0.0..=1.0).contains(&p) {
@@ -502,8 +508,9 @@ fn parse_row(cells: &[&str]) -> Result<DbRow, String> {
     }
     let wh = cell_f64(cells[7], "wh")?;
     if let Some(w) = wh {
-        if !w.is_finite() {
-            return Err(format!("wh: {w} is not an energy"));
+        // A counter reading: never negative, and finite in joules too.
+        if !(w.is_finite() && w >= 0.0 && (w * 3600.0).is_finite()) {
+            return Err(format!("wh: {w} is not an energy (finite, ≥ 0)"));
         }
     }
     Ok(DbRow {
