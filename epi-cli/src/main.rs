@@ -102,10 +102,23 @@ fn report(e: anyhow::Error) -> ExitCode {
     for cause in e.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    if e.chain()
-        .any(|c| c.downcast_ref::<runcmd::Usage>().is_some())
-    {
+    if e.chain().any(|c| {
+        c.downcast_ref::<runcmd::Usage>().is_some()
+            || matches!(
+                c.downcast_ref::<epi_framework::Error>(),
+                Some(epi_framework::Error::UnknownPlugin { .. })
+            )
+    }) {
         return ExitCode::from(2);
+    }
+    // A setting that is wrong (an unknown key, a bad value): bad input, like a bad file.
+    if e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<epi_framework::Error>(),
+            Some(epi_framework::Error::Configuration { .. })
+        )
+    }) {
+        return ExitCode::from(3);
     }
     let input = e.chain().any(|c| {
         c.downcast_ref::<epi_framework::InputError>().is_some()

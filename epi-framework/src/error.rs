@@ -103,6 +103,15 @@ pub enum Error {
         /// The registered keys of that kind.
         known: String,
     },
+    /// A plugin's configuration is wrong (an unknown key, a bad value): the user's settings,
+    /// not the plugin, must change.
+    #[error("{plugin}: configuration: {message}")]
+    Configuration {
+        /// The plugin key.
+        plugin: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// A plugin failed.
     #[error("{plugin}: {message}")]
     Plugin {

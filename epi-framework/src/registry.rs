@@ -308,8 +308,8 @@ pub fn parse_config<T: DeserializeOwned>(plugin: &str, config: &PluginConfig) ->
     } else {
         config.clone()
     };
-    serde_json::from_value(value).map_err(|e| Error::Plugin {
+    serde_json::from_value(value).map_err(|e| Error::Configuration {
         plugin: plugin.to_string(),
-        message: format!("configuration: {e}"),
+        message: e.to_string(),
     })
 }

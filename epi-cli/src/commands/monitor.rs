@@ -14,9 +14,11 @@
 //! `K`) and merged over the configuration file's table for that source (`[power.<key>]`, or
 //! `[orchestrator]`); the source itself rejects keys it does not know.
 //!
-//! `--record` writes the trace CSV through [`TraceWriter`] (flushed at least every second, so a
-//! kill loses at most one second) and its `.meta.json` sidecar ([`TraceMeta`]) at the start,
-//! every 10 s and at the end. Ctrl-C (or SIGTERM) stops cleanly, writes everything and exits 130.
+//! `--record` writes the trace CSV and its `.meta.json` sidecar through the framework's
+//! [`TraceRecorder`] — the recorder every run uses (rows flushed at least every second, so a kill
+//! loses at most one second; the sidecar at the start, every 10 s and at the end, marked
+//! `complete: false` until then). Ctrl-C (or SIGTERM) stops cleanly, writes everything and exits
+//! 130.
 
 use crate::context::Context;
 use anyhow::{Context as _, Result};
@@ -25,7 +27,8 @@ use epi_framework::config::merge_config;
 use epi_framework::power::PowerError;
 use epi_framework::registry::PluginKind;
 use epi_framework::sample::{PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats};
-use epi_framework::trace::{TraceMeta, TraceWriter};
+use epi_framework::run::recorder::TraceRecorder;
+use epi_framework::trace::TraceMeta;
 use epi_framework::PowerSource;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -34,8 +37,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Events kept for the sidecar; later ones are counted.
-const MAX_EVENTS: usize = 10_000;
+/// Events kept for the summary; later ones are counted.
+const MAX_EVENTS: usize = epi_framework::run::recorder::MAX_EVENTS;
 
 /// Options of `epi monitor`.
 #[derive(Debug, Args)]
@@ -242,12 +245,10 @@ struct Monitor {
     events: Vec<SourceEvent>,
     events_dropped: u64,
     started: Instant,
-    started_utc: String,
     last_tick: Instant,
-    writer: Option<TraceWriter>,
+    recorder: Option<TraceRecorder>,
     record: Option<PathBuf>,
-    rows_at_flush: u64,
-    /// Rows recorded, once the writer is finished.
+    /// Rows recorded, once the recorder is finished.
     rows_final: Option<u64>,
     live: bool,
     quiet: bool,
@@ -288,11 +289,9 @@ impl Monitor {
             events: Vec::new(),
             events_dropped: 0,
             started: Instant::now(),
-            started_utc: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             last_tick: Instant::now(),
-            writer: None,
+            recorder: None,
             record,
-            rows_at_flush: 0,
             rows_final: None,
             live,
             quiet,
@@ -302,62 +301,26 @@ impl Monitor {
     }
 
     fn rows(&self) -> Option<u64> {
-        self.writer.as_ref().map(|w| w.rows()).or(self.rows_final)
+        self.recorder.as_ref().map(|w| w.rows()).or(self.rows_final)
     }
 
     fn elapsed_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
 
-    fn meta(&self, final_summary: Option<Value>) -> TraceMeta {
-        let mut extra = Map::new();
-        extra.insert(
-            "epi_bench_version".into(),
-            Value::from(epi_framework::VERSION),
-        );
-        extra.insert("recorded_by".into(), Value::from("epi monitor"));
-        extra.insert("events_dropped".into(), Value::from(self.events_dropped));
-        if let Some(s) = final_summary {
-            extra.insert("summary".into(), s);
-        }
-        TraceMeta {
-            format_version: 1,
-            source: self.info.clone(),
-            started_utc: self.started_utc.clone(),
-            timeline_zero_utc_ms: self
-                .info
-                .details
-                .get("timeline_zero_utc_ms")
-                .and_then(Value::as_i64),
-            stats: self.stats.clone(),
-            events: self.events.clone(),
-            extra,
-        }
-    }
-
-    fn write_meta(&self, final_summary: Option<Value>) -> Result<()> {
-        if let Some(path) = &self.record {
-            self.meta(final_summary)
-                .write_for(path)
-                .with_context(|| format!("writing {}", TraceMeta::path_for(path).display()))?;
-        }
-        Ok(())
-    }
-
     fn start_recording(&mut self) -> Result<()> {
         if let Some(path) = &self.record {
-            self.writer = Some(
-                TraceWriter::create(path, Duration::from_secs(1))
+            self.recorder = Some(
+                TraceRecorder::create(path, self.info.clone(), "epi monitor")
                     .with_context(|| format!("recording to {}", path.display()))?,
             );
-            self.write_meta(None)?;
         }
         Ok(())
     }
 
     fn batch(&mut self, b: SampleBatch, stats: SourceStats) -> Result<()> {
-        if let Some(w) = self.writer.as_mut() {
-            w.write(&b.samples)?;
+        if let Some(r) = self.recorder.as_mut() {
+            r.push(&b, stats.clone())?;
         }
         for s in &b.samples {
             self.channels
@@ -387,11 +350,8 @@ impl Monitor {
 
     /// Once per `--every`: flush the recording, update the rates, print.
     fn tick(&mut self) -> Result<()> {
-        if let Some(w) = self.writer.as_mut() {
-            if w.rows() != self.rows_at_flush {
-                w.flush()?;
-                self.rows_at_flush = w.rows();
-            }
+        if let Some(r) = self.recorder.as_mut() {
+            r.tick()?;
         }
         let dt = self.last_tick.elapsed().as_secs_f64().max(1e-3);
         self.last_tick = Instant::now();
@@ -489,7 +449,7 @@ impl Monitor {
             s.reboots,
             s.reconnects,
             s.disconnected_ms / 1000.0,
-            self.writer
+            self.recorder
                 .as_ref()
                 .map(|w| format!("   recording {} rows", w.rows()))
                 .unwrap_or_default()
@@ -759,8 +719,6 @@ async fn monitor(
     let mut flush = tokio::time::interval(Duration::from_secs(1));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.tick().await;
-    let mut meta_tick = tokio::time::interval(Duration::from_secs(10));
-    meta_tick.tick().await;
     let deadline = a
         .duration
         .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d));
@@ -786,14 +744,10 @@ async fn monitor(
             },
             _ = tick.tick() => m.tick()?,
             _ = flush.tick() => {
-                if let Some(w) = m.writer.as_mut() {
-                    if w.rows() != m.rows_at_flush {
-                        w.flush()?;
-                        m.rows_at_flush = w.rows();
-                    }
+                if let Some(r) = m.recorder.as_mut() {
+                    r.tick()?;
                 }
             }
-            _ = meta_tick.tick() => m.write_meta(None)?,
             _ = &mut until => break Stop::Duration,
             _ = &mut ctrl_c => break Stop::Interrupted,
             _ = sigterm.recv() => break Stop::Interrupted,
@@ -833,12 +787,17 @@ async fn monitor(
         }
     }
     m.end_live();
-    if let Some(w) = m.writer.take() {
-        m.rows_final = Some(w.rows());
-        w.finish()?;
+    let mut summary = m.summary_json(stop, error_text.as_deref());
+    if let Some(mut r) = m.recorder.take() {
+        m.rows_final = Some(r.rows());
+        r.set_info(m.info.clone());
+        r.set_stats(m.stats.clone());
+        r.set_extra("summary", summary.clone());
+        let path = r.path().to_path_buf();
+        r.finish(stop != Stop::SourceFailed)
+            .with_context(|| format!("finishing {}", path.display()))?;
+        summary["rows"] = Value::from(m.rows_final);
     }
-    let summary = m.summary_json(stop, error_text.as_deref());
-    m.write_meta(Some(summary.clone()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -127,6 +127,11 @@ impl TraceRecorder {
         self.info = info;
     }
 
+    /// Sets the source's counters (the final ones, after it closed).
+    pub fn set_stats(&mut self, stats: SourceStats) {
+        self.stats = stats;
+    }
+
     /// The source's counters as last given.
     pub fn stats(&self) -> &SourceStats {
         &self.stats
@@ -354,6 +359,7 @@ impl PowerRecorder {
                     }
                 };
                 let close = source.close().await.err();
+                rec.set_stats(source.stats());
                 if let Some(info) = source.current_info() {
                     rec.set_info(info);
                 }
