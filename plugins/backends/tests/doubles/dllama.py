@@ -420,8 +420,9 @@ def send_raw(conn, name):
 
 
 def answer_for(prompt):
-    """A deterministic reply to a lettered multiple-choice prompt, or filler text."""
-    letters = re.findall(r"(?m)^([A-Z])\. ", prompt)
+    """A deterministic reply to a lettered multiple-choice prompt (the choices of its last
+    question: few-shot examples come before it), or filler text."""
+    letters = re.findall(r"(?m)^([A-Z])\. ", prompt.rsplit("\n\n", 1)[-1])
     h = fnv1a(prompt.encode("utf-8"))
     if letters:
         n = len(letters)
