@@ -3,6 +3,7 @@
 
 mod calculate;
 mod datasets;
+mod dllama_real;
 mod dynamic_plugin;
 mod eval;
 mod monitor;
