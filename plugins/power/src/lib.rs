@@ -1,6 +1,8 @@
-//! epi-bench power sources: epi-meter UART, Orchestrator SQLite over SSH, RAPL, NVML, CSV replay.
+//! epi-bench power sources: epi-meter UART, Orchestrator SQLite over SSH, RAPL, NVML, CSV replay,
+//! and the `cpu-model` estimate (labelled modelled).
 #![deny(missing_docs)]
 
+pub mod cpu_model;
 pub mod csv;
 pub mod epi_meter;
 #[cfg(feature = "fuzzing")]
@@ -31,7 +33,7 @@ where
     E: std::fmt::Display,
 {
     let c: C = epi_framework::registry::parse_config(key, config)?;
-    let source = new(c).map_err(|e| epi_framework::Error::Plugin {
+    let source = new(c).map_err(|e| epi_framework::Error::Configuration {
         plugin: key.into(),
         message: e.to_string(),
     })?;

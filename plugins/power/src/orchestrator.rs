@@ -733,6 +733,12 @@ impl OrchestratorSource {
             details.insert("window_end_utc_ms".into(), json!(e));
         }
         details.insert("timeline_zero_utc_ms".into(), json!(self.zero_utc_ms));
+        // t_ms is host UTC (the Orchestrator's clock corrected by the measured offset) minus the
+        // zero: runs map it to their clock through UTC, not through arrival times (polls lag).
+        details.insert(
+            epi_framework::run::recorder::TIMELINE_IS_HOST_UTC.into(),
+            json!(true),
+        );
         if let Some(o) = &self.offset_start {
             details.insert("clock_offset_start".into(), json!(o));
             details.insert("clock_offset_applied_ms".into(), json!(o.offset_ms));
