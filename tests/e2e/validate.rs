@@ -181,7 +181,194 @@ fn validate_json_output() {
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["ready"], true);
-    assert_eq!(v["checks"].as_array().unwrap().len(), 5);
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Structure",
+            "Power trace CSV",
+            "Benchmark JSON",
+            "Measurement",
+            "EPI JSON",
+            "Metadata"
+        ]
+    );
+    let recomputed: Vec<&str> = v["recomputed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    for f in [
+        "energy.avg_watts",
+        "energy.peak_watts",
+        "energy.kwh",
+        "energy.duration_seconds",
+        "energy.samples",
+        "energy.channels",
+        "energy.coverage",
+        "energy.per_node_joules.3",
+        "accuracy.mmlu_5shot",
+        "accuracy.weights.mmlu",
+        "metrics.ept_out",
+        "run_metadata.input_digests.trace",
+    ] {
+        assert!(
+            recomputed.contains(&f),
+            "{f} not recomputed: {recomputed:?}"
+        );
+    }
+    let unchecked: Vec<&str> = v["unchecked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        unchecked.contains(&"run_metadata.run_id") && unchecked.contains(&"environment"),
+        "{unchecked:?}"
+    );
+}
+
+/// `epi calculate` of the bundled trace and benchmark into the submission, with `extra` flags.
+fn recalculate(sub: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "calculate",
+        "--trace",
+        "power_trace_001.csv",
+        "--benchmark",
+        "benchmark_001.json",
+        "--output",
+        "epi_001.json",
+    ];
+    args.extend_from_slice(extra);
+    let o = epi(sub, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_label_overridden_by_calculate_is_recorded_and_accepted() {
+    let (dir, sub) = copy_submission();
+    recalculate(
+        &sub,
+        &[
+            "--model",
+            "qwen3-30b-a3b-pruned",
+            "--hardware",
+            "4x Pi 5 8GB",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sub.join("epi_001.json")).unwrap()).unwrap();
+    assert_eq!(
+        v["run_metadata"]["label_overrides"],
+        serde_json::json!({
+            "model": {"from": "benchmark", "was": "qwen3-30b-a3b"},
+            "hardware": {"from": "benchmark", "was": "4x Pi 5 16GB (distributed-llama)"}
+        })
+    );
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(0), "{out}");
+    let l = line(&out, "Metadata");
+    assert!(
+        l.contains("model \"qwen3-30b-a3b-pruned\" (was \"qwen3-30b-a3b\" from benchmark)"),
+        "{out}"
+    );
+
+    // The same label changed by hand, with no record: refused, naming both values.
+    let (dir, sub) = copy_submission();
+    recalculate(&sub, &[]);
+    edit_json(&sub.join("epi_001.json"), |v| {
+        v["model"] = serde_json::json!("qwen3-30b-a3b-pruned")
+    });
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(1), "{out}");
+    let l = line(&out, "Metadata");
+    assert!(
+        l.starts_with("✗")
+            && l.contains("`model` is \"qwen3-30b-a3b-pruned\" in the EPI JSON but \"qwen3-30b-a3b\" in the benchmark JSON")
+            && l.contains("no override is recorded"),
+        "{out}"
+    );
+
+    // A recorded override whose benchmark changed afterwards: refused.
+    let (dir, sub) = copy_submission();
+    recalculate(&sub, &["--model", "x"]);
+    edit_json(&sub.join("benchmark_001.json"), |v| {
+        v["model"] = serde_json::json!("y")
+    });
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        line(&out, "Metadata").contains("benchmark JSON says \"y\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_trace_edited_after_calculate_fails_its_digest() {
+    let (dir, sub) = copy_submission();
+    recalculate(&sub, &[]);
+    // One voltage changed: no recomputed number moves, the digest does.
+    let p = sub.join("power_trace_001.csv");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut f: Vec<String> = lines[5].split(',').map(str::to_string).collect();
+    f[3] = format!("{}1", f[3]);
+    lines[5] = f.join(",");
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(1), "{out}");
+    let l = line(&out, "EPI JSON");
+    assert!(
+        l.starts_with("✗")
+            && l.contains("run_metadata.input_digests.trace")
+            && l.contains("not the file the result was computed from"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_modelled_trace_is_refused_and_so_is_one_presented_as_measured() {
+    let (dir, sub) = copy_submission();
+    let sidecar = serde_json::json!({
+        "format_version": 1,
+        "source": {"source": "cpu-model", "method": "modelled", "instrument": "CPU power model",
+                   "sample_rate_hz": 4.0, "accuracy_rel": null, "channels": []},
+        "started_utc": "2026-05-15T10:00:00Z"
+    });
+    std::fs::write(
+        sub.join("power_trace_001.csv.meta.json"),
+        sidecar.to_string(),
+    )
+    .unwrap();
+    recalculate(&sub, &[]);
+    // Honestly labelled: consistent, but not a measurement.
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(line(&out, "EPI JSON").starts_with("✓"), "{out}");
+    let l = line(&out, "Measurement");
+    assert!(
+        l.starts_with("✗") && l.contains("`modelled`") && l.contains("not a measurement"),
+        "{out}"
+    );
+    // Presented as measured.
+    edit_json(&sub.join("epi_001.json"), |v| {
+        v["energy"]["method"] = serde_json::json!("integrated");
+        v["energy"]["source"] = serde_json::json!("epi-meter");
+    });
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        line(&out, "Measurement").contains("a modelled trace presented as measured"),
+        "{out}"
+    );
+    assert!(line(&out, "EPI JSON").contains("energy.method"), "{out}");
 }
 
 #[test]

@@ -1,4 +1,11 @@
 //! `epi calculate`: EPI from a power trace and a benchmark result.
+//!
+//! Besides the numbers, the result records what identifies its inputs, so that `epi validate`
+//! can tell a submission's files from the ones the result was computed from:
+//! `run_metadata.input_digests` (XXH3-128 of the trace, its `.meta.json` sidecar when there is
+//! one, and the benchmark JSON; the trace is hashed while it is integrated) and
+//! `run_metadata.label_overrides` (labels given with `--model`, `--hardware`, ... that differ from
+//! the benchmark's or the sidecar's). Errors name the file, line and field of bad input.
 
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
@@ -8,8 +15,30 @@ use epi_framework::registry::PluginKind;
 use epi_framework::trace::{PowerTrace, TraceOptions};
 use epi_framework::{BenchmarkResult, EpiResult};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The `run_metadata` key of the input digests: `{"trace": "xxh3-128:…", "trace_meta": "xxh3-128:…",
+/// "benchmark": "xxh3-128:…"}` (`trace_meta` only when the trace has a sidecar).
+pub const INPUT_DIGESTS: &str = "input_digests";
+
+/// The digest of a file's bytes as written into results: `xxh3-128:` and 32 lower-case hex digits
+/// (the canonical big-endian form `xxhsum -H2` prints).
+pub fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = twox_hash::XxHash3_128::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.write(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(format!("xxh3-128:{:032x}", h.finish_128()))
+}
 
 /// Options of `epi calculate`.
 #[derive(Debug, Args)]
@@ -101,8 +130,27 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
         gap_limit_ms: a.gap_limit_ms.unwrap_or(general.gap_limit_ms),
         ..Default::default()
     };
-    let trace = PowerTrace::from_csv_with(&a.trace, &opts)?;
+    // The trace is hashed on a second thread while it is integrated (the page cache serves both).
+    let (trace, trace_digest) = std::thread::scope(|s| {
+        let digest = s.spawn(|| file_digest(&a.trace));
+        let trace = PowerTrace::from_csv_with(&a.trace, &opts);
+        (trace, digest.join())
+    });
+    let trace = trace?;
+    let trace_digest = trace_digest
+        .map_err(|_| anyhow::anyhow!("hashing {} failed", a.trace.display()))?
+        .with_context(|| format!("hashing {}", a.trace.display()))?;
     let bench = BenchmarkResult::from_json(&a.benchmark)?;
+    let mut digests = serde_json::Map::new();
+    digests.insert("trace".into(), trace_digest.into());
+    let sidecar = epi_framework::trace::TraceMeta::path_for(&a.trace);
+    if trace.meta.is_some() {
+        let d = file_digest(&sidecar).with_context(|| format!("hashing {}", sidecar.display()))?;
+        digests.insert("trace_meta".into(), d.into());
+    }
+    let d =
+        file_digest(&a.benchmark).with_context(|| format!("hashing {}", a.benchmark.display()))?;
+    digests.insert("benchmark".into(), d.into());
     let weights = match &a.weights {
         Some(w) => Some(parse_weights(w)?),
         None if ctx.config.source.is_some() => Some(ctx.config.benchmarks.default_weights.clone()),
@@ -170,6 +218,10 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
                 .unwrap_or_default(),
         ),
     );
+    result
+        .run_metadata
+        .extra
+        .insert(INPUT_DIGESTS.into(), serde_json::Value::Object(digests));
     Ok(result)
 }
 
@@ -267,7 +319,61 @@ fn print_summary(ctx: &Context, r: &EpiResult) {
     for (k, v) in &r.metrics {
         println!("  {k:<16} {v:.6}");
     }
+    if let Some(serde_json::Value::Object(o)) = r
+        .run_metadata
+        .extra
+        .get(epi_framework::calculator::LABEL_OVERRIDES)
+    {
+        for (field, v) in o {
+            println!(
+                "  label            {field} given as {:?} (the {} says {})",
+                label_value(r, field).unwrap_or_default(),
+                match v.get("from").and_then(|x| x.as_str()) {
+                    Some("benchmark") => "benchmark JSON",
+                    Some("trace_meta") => "trace's sidecar",
+                    Some("configuration") => "configuration",
+                    _ => "input",
+                },
+                v.get("was").map(|x| x.to_string()).unwrap_or_default()
+            );
+        }
+    }
     for f in &e.flags {
         println!("  warning: {f}");
+    }
+}
+
+/// The value of a label field of a result, by name.
+pub fn label_value(r: &EpiResult, field: &str) -> Option<String> {
+    serde_json::to_value(r)
+        .ok()?
+        .get(field)?
+        .as_str()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_digests_are_what_xxhsum_prints() {
+        // Known answers from `xxhsum -H2` (xxHash 0.8.1), for a short file and for one read in
+        // several pieces.
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("abc");
+        std::fs::write(&short, b"abc").unwrap();
+        assert_eq!(
+            file_digest(&short).unwrap(),
+            "xxh3-128:06b05ab6733a618578af5f94892f3950"
+        );
+        let long = dir.path().join("long");
+        let mut bytes = vec![b'x'; 3_000_000];
+        bytes.extend_from_slice(b"tail");
+        std::fs::write(&long, &bytes).unwrap();
+        assert_eq!(
+            file_digest(&long).unwrap(),
+            "xxh3-128:05569b8198f0ddf0a5956da675dfc5f8"
+        );
     }
 }
