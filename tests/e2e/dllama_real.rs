@@ -185,6 +185,14 @@ fn report(suite: &str, recs: &[&QueryRecord]) {
         }
     }
     let top = letters.values().max().copied().unwrap_or(0);
+    for r in recs.iter().take(3) {
+        eprintln!(
+            "  {} gold {:?}: {:?}",
+            r.doc_id,
+            r.gold.map(|g| (b'A' + g as u8) as char),
+            r.generated_text.as_deref().unwrap_or("")
+        );
+    }
     eprintln!(
         "real distributed-llama, {suite}: {} items, {secs:.1} s/item, parsed {parsed}/{}, \
          correct {correct}/{}, most common letter {top}/{} ({letters:?})",
@@ -196,10 +204,15 @@ fn report(suite: &str, recs: &[&QueryRecord]) {
 }
 
 /// The paper's runs through the engine that can only generate: ARC-Challenge 25-shot and MMLU
-/// 5-shot, the examples sent as lettered questions with their answer letters.
+/// 5-shot, the examples sent as lettered questions with their answer letters. Two items each
+/// (`EPI_DLLAMA_E2E_LIMIT=N` runs N, to measure the figures it prints).
 #[test]
 fn arc_25_shot_and_mmlu_5_shot_through_the_real_engine() {
     let Some(node) = Node::new() else { return };
+    let limit: usize = std::env::var("EPI_DLLAMA_E2E_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let out = node.dir.path().join("run");
     let t0 = Instant::now();
     let o = node.eval(
@@ -208,7 +221,7 @@ fn arc_25_shot_and_mmlu_5_shot_through_the_real_engine() {
             "--suite",
             "arc-challenge,mmlu",
             "--limit",
-            "2",
+            &limit.to_string(),
             "-S",
             "mmlu.subjects=[\"abstract_algebra\"]",
         ],
@@ -235,10 +248,10 @@ fn arc_25_shot_and_mmlu_5_shot_through_the_real_engine() {
     assert_eq!(s["backend"]["model"], "smollm2_q40.m");
 
     let recs = records(&out);
-    assert_eq!(recs.len(), 4);
+    assert_eq!(recs.len(), 2 * limit);
     let arc: Vec<&QueryRecord> = recs.iter().filter(|r| r.suite == "arc-challenge").collect();
     let mmlu: Vec<&QueryRecord> = recs.iter().filter(|r| r.suite == "mmlu").collect();
-    assert_eq!((arc.len(), mmlu.len()), (2, 2));
+    assert_eq!((arc.len(), mmlu.len()), (limit, limit));
     for r in &recs {
         assert_eq!(r.scoring_mode, "generative");
         assert_eq!(r.error, None, "{r:?}");
