@@ -1,4 +1,5 @@
-//! The `openai` backend against the replaying llama-server double (and its vLLM flavour).
+//! The `openai` backend against the replaying llama-server double (and its vLLM flavour): probes,
+//! the single-pass and cached top-N modes, the KV budget, a server that stops listening, requests.
 
 mod common;
 
@@ -12,6 +13,28 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const CONTEXT: &str = "Question: What is the capital of France?\nAnswer:";
+
+/// A few-shot context of well over 64 tokens for the double's tokenizer.
+fn long_context() -> String {
+    let mut c = String::new();
+    for (q, a) in [
+        ("Which gas do plants take in?", "carbon dioxide"),
+        ("What do bees make from nectar?", "honey and wax"),
+        (
+            "Which planet is closest to the sun?",
+            "Mercury, the small one",
+        ),
+        ("What is frozen water called?", "ice, in the cold"),
+        (
+            "Which organ pumps blood around the body?",
+            "the heart muscle",
+        ),
+    ] {
+        c.push_str(&format!("Question: {q}\nAnswer: {a}\n\n"));
+    }
+    c.push_str("Question: Which gas do plants give off?\nAnswer:");
+    c
+}
 
 fn backend(url: &str, extra: Value) -> OpenAiBackend {
     let mut v = json!({"url": url, "retry_backoff_s": 0.05});
@@ -51,9 +74,26 @@ async fn the_ignored_echo_is_detected_and_top_n_is_used() {
     assert_eq!(info.details["loglikelihood_method"], "top-n");
     assert_eq!(info.details["bos_policy"], "none");
     assert_eq!(info.details["model_adds_bos"], false);
+    assert_eq!(info.details["top_n_mode"], "single-pass");
+    assert_eq!(info.details["reproducible"], true);
+    assert_eq!(
+        info.details["single_pass_check"]["passed"], true,
+        "{info:?}"
+    );
+    assert_eq!(
+        info.details["slots_n_ctx"],
+        json!([2048, 2048]),
+        "read from /slots"
+    );
+    assert_eq!(info.details["n_ctx"], 2048);
+    assert_eq!(info.details["kv_budget_tokens"], 2048);
     let caps = b.capabilities();
     assert_eq!(caps.loglikelihood, LoglikelihoodSupport::TopN { n: 20 });
-    assert_eq!(caps.max_concurrency, 2, "llama-server's total_slots");
+    assert_eq!(
+        caps.max_concurrency, 1,
+        "single-pass: one at a time by default"
+    );
+    let before = bodies(&d, "/completion").len();
 
     let r = b
         .loglikelihood(&LoglikelihoodRequest {
@@ -73,12 +113,19 @@ async fn the_ignored_echo_is_detected_and_top_n_is_used() {
     // Outside the recorded top 20: inexact, bounded by the smallest recorded value.
     assert!(!r.scores[2].exact);
     assert!(r.scores[2].logprob <= -5.459781169891357);
-    // One top-N request for the three one-token continuations (they share the context).
-    assert_eq!(
-        bodies(&d, "/completion").len(),
-        1 + 1,
-        "probe + one scoring request"
-    );
+    // One top-N request for the three one-token continuations (they share the context). The
+    // pinned slot holds the start-up check's prompt, which starts with this 12-token context: a
+    // prompt shorter than 64 tokens is evaluated whole, so the slot's cache is cut to nothing first.
+    let scoring = &bodies(&d, "/completion")[before..];
+    assert_eq!(scoring.len(), 2, "{scoring:?}");
+    assert_eq!(r.requests, 2, "tokenize calls are not scoring requests");
+    assert_eq!(scoring[0]["prompt"], json!([0]), "the cut");
+    assert_eq!(scoring[0]["n_predict"], 0);
+    for x in scoring {
+        assert_eq!(x["id_slot"], 0);
+        assert_eq!(x["cache_prompt"], true);
+    }
+    assert_eq!(scoring[1]["n_probs"], 20);
     // Echo was sent once, by the probe, and never relied on.
     let echoes: Vec<Value> = bodies(&d, "/v1/completions")
         .into_iter()
@@ -90,7 +137,7 @@ async fn the_ignored_echo_is_detected_and_top_n_is_used() {
             req["prompt"].is_array(),
             "token ids, so the server adds no BOS: {req}"
         );
-        assert_eq!(req["n_predict"], 1);
+        assert!(req["n_predict"] == 1 || req["n_predict"] == 0, "{req}");
     }
     b.stop().await.unwrap();
 }
@@ -134,7 +181,8 @@ async fn top_n_over_the_whole_vocabulary_equals_echo_prompt_logprobs() {
     let vllm = Double::llama_server(&["--flavour", "vllm"]);
     let mut a = backend(&llama.url(), json!({"top_n": 49152}));
     let mut b = backend(&vllm.url(), json!({}));
-    a.start().await.unwrap();
+    let info = a.start().await.unwrap();
+    assert_eq!(info.details["reproducible"], true);
     let info = b.start().await.unwrap();
     assert_eq!(info.server, "vLLM");
     assert_eq!(
@@ -142,16 +190,22 @@ async fn top_n_over_the_whole_vocabulary_equals_echo_prompt_logprobs() {
         "prompt log-probabilities returned"
     );
     assert_eq!(b.capabilities().loglikelihood, LoglikelihoodSupport::Echo);
+    // A context of more than 64 tokens: every llama.cpp value from a large batch (the vLLM double
+    // has no small-batch numerics).
     let req = LoglikelihoodRequest {
-        context: "Question: Which gas do plants take in?\nAnswer: carbon dioxide\n\nQuestion: Which gas do plants give off?\nAnswer:".into(),
-        continuations: vec![" oxygen gas".into(), " carbon dioxide".into(), " water vapour".into()],
+        context: long_context(),
+        continuations: vec![
+            " oxygen gas".into(),
+            " carbon dioxide".into(),
+            " water vapour".into(),
+        ],
     };
     let x = a.loglikelihood(&req).await.unwrap();
     let y = b.loglikelihood(&req).await.unwrap();
     assert_eq!(y.method, "echo");
     assert_eq!(
-        y.requests, 5,
-        "tokenize the context once and each context + continuation, then one batched echo request"
+        y.requests, 1,
+        "one batched echo request (the tokenize calls are not counted)"
     );
     for (p, q) in x.scores.iter().zip(&y.scores) {
         assert!(p.exact && q.exact);
@@ -411,4 +465,273 @@ async fn the_double_answers_the_recorded_edge_cases_like_llama_server() {
     )
     .unwrap();
     assert_eq!(r, want);
+}
+
+/// A context of about `n` tokens for the double's tokenizer (one word, one token), unique per `tag`.
+fn words(tag: &str, n: usize) -> String {
+    let names = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"];
+    let mut c = format!("Item {tag}:");
+    for i in 0..n {
+        c.push(' ');
+        c.push_str(names[i % names.len()]);
+    }
+    c.push_str("\nAnswer:");
+    c
+}
+
+fn plants() -> LoglikelihoodRequest {
+    LoglikelihoodRequest {
+        context: long_context(),
+        continuations: vec![
+            " oxygen gas".into(),
+            " carbon dioxide".into(),
+            " water vapour".into(),
+            " O two".into(),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn single_pass_values_are_a_full_evaluation_and_repeat_while_cached_ones_are_never_exact() {
+    if !have_python() {
+        return;
+    }
+    let d = Double::llama_server(&[]);
+    // The double's model without llama.cpp's small-batch numerics: vLLM's echo.
+    let vllm = Double::llama_server(&["--flavour", "vllm"]);
+    let mut t = backend(&vllm.url(), json!({}));
+    t.start().await.unwrap();
+    let truth = t.loglikelihood(&plants()).await.unwrap();
+
+    let mut sp = backend(&d.url(), json!({"top_n": 49152}));
+    sp.start().await.unwrap();
+    let first = sp.loglikelihood(&plants()).await.unwrap();
+    // Another item on the pinned slot, then the same item again.
+    sp.loglikelihood(&LoglikelihoodRequest {
+        context: long_context().replace("plants", "trees"),
+        continuations: vec![" leaves".into()],
+    })
+    .await
+    .unwrap();
+    let again = sp.loglikelihood(&plants()).await.unwrap();
+    for ((a, b), t) in first.scores.iter().zip(&again.scores).zip(&truth.scores) {
+        assert!(a.exact && b.exact);
+        assert_eq!(a.logprob, b.logprob, "the same command, the same numbers");
+        assert!(
+            (a.logprob - t.logprob).abs() < 1e-9,
+            "{} vs {}",
+            a.logprob,
+            t.logprob
+        );
+    }
+    // Every request evaluated at least 64 new tokens: cuts, steps and finals on slot 0.
+    assert!(bodies(&d, "/completion")
+        .iter()
+        .skip(1)
+        .all(|b| b["id_slot"] == 0 || b["cache_prompt"] == false));
+
+    // The cached mode: the prompt cache makes each continuation token a batch of one.
+    let mut cached = backend(&d.url(), json!({"top_n": 49152, "top_n_mode": "cached"}));
+    let info = cached.start().await.unwrap();
+    assert_eq!(info.details["top_n_mode"], "cached");
+    assert_eq!(info.details["reproducible"], false);
+    assert!(info.details.get("single_pass_check").is_none());
+    assert_eq!(cached.capabilities().max_concurrency, 2, "the slots");
+    let c = cached.loglikelihood(&plants()).await.unwrap();
+    assert!(c.scores.iter().all(|x| !x.exact), "never vouched for");
+    let off = c
+        .scores
+        .iter()
+        .zip(&truth.scores)
+        .map(|(x, t)| (x.logprob - t.logprob).abs())
+        .fold(0.0, f64::max);
+    assert!(off > 1e-3, "small-batch numbers differ: {off}");
+}
+
+#[tokio::test]
+async fn the_start_up_check_notices_kernels_that_switch_above_min_batch_tokens() {
+    if !have_python() {
+        return;
+    }
+    // A server whose large-batch kernels start at 128 rows.
+    let d = Double::llama_server(&["--min-batch", "128"]);
+    let mut b = backend(&d.url(), json!({"top_n": 49152}));
+    let info = b.start().await.unwrap();
+    let check = &info.details["single_pass_check"];
+    assert_eq!(check["passed"], false, "{check}");
+    assert!(
+        check["max_abs_diff_nats"].as_f64().unwrap() > 1e-3,
+        "{check}"
+    );
+    assert_eq!(info.details["reproducible"], false);
+    let r = b.loglikelihood(&plants()).await.unwrap();
+    assert!(r.scores.iter().all(|s| !s.exact), "no value vouched for");
+    // Told the size, the method holds again.
+    let mut b = backend(&d.url(), json!({"top_n": 49152, "min_batch_tokens": 128}));
+    let info = b.start().await.unwrap();
+    assert_eq!(info.details["single_pass_check"]["passed"], true);
+    assert_eq!(info.details["min_batch_tokens"], 128);
+    let r = b.loglikelihood(&plants()).await.unwrap();
+    assert!(r.scores.iter().all(|s| s.exact));
+}
+
+#[tokio::test]
+async fn requests_in_flight_never_hold_more_tokens_than_the_shared_pool() {
+    if !have_python() {
+        return;
+    }
+    // Four slots sharing a 512-token KV pool (llama-server -c 512 -np 4 -kvu): two prompts of
+    // about 300 tokens at once overflow it (HTTP 500, recorded).
+    let d = Double::llama_server(&[
+        "--slots",
+        "4",
+        "--ctx",
+        "512",
+        "--unified",
+        "--delay-ms",
+        "0.5",
+    ]);
+    let mut b = backend(
+        &d.url(),
+        json!({"top_n": 5, "top_n_mode": "cached", "retries": 0}),
+    );
+    let info = b.start().await.unwrap();
+    assert_eq!(b.capabilities().max_concurrency, 4);
+    assert_eq!(info.details["kv_budget_tokens"], 512);
+    let reqs: Vec<LoglikelihoodRequest> = (0..6)
+        .map(|i| LoglikelihoodRequest {
+            context: words(&format!("{i}"), 300),
+            continuations: vec![" alpha beta".into(), " gamma".into()],
+        })
+        .collect();
+    let results = futures_util::future::join_all(reqs.iter().map(|r| b.loglikelihood(r))).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let peak = d
+        .requests()
+        .iter()
+        .filter_map(|r| (r["event"] == "peak_pool").then(|| r["tokens"].as_u64().unwrap()))
+        .max()
+        .unwrap();
+    assert!(
+        (300..=512).contains(&peak),
+        "peak of prompt tokens in flight: {peak}"
+    );
+}
+
+#[tokio::test]
+async fn an_item_longer_than_a_slot_is_an_invalid_request_and_nothing_is_sent() {
+    if !have_python() {
+        return;
+    }
+    let d = Double::llama_server(&[]);
+    let mut b = backend(&d.url(), json!({"top_n": 5}));
+    b.start().await.unwrap();
+    let before = bodies(&d, "/completion").len();
+    let e = b
+        .loglikelihood(&LoglikelihoodRequest {
+            context: words("long", 2100),
+            continuations: vec![" alpha".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BackendError::InvalidRequest { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("more than the server's context of 2048"),
+        "{e}"
+    );
+    assert_eq!(bodies(&d, "/completion").len(), before, "nothing sent");
+}
+
+#[tokio::test]
+async fn a_server_that_stops_listening_is_given_up_within_seconds() {
+    if !have_python() {
+        return;
+    }
+    let d = Double::llama_server(&[]);
+    let mut b = backend(
+        &d.url(),
+        json!({"top_n": 5, "liveness_interval_s": 0.2, "timeout_s": 600.0}),
+    );
+    let info = b.start().await.unwrap();
+    assert_eq!(info.details["liveness_check_s"], 0.2);
+    // SIGTERM: the double closes its listener but keeps the connection the client pooled, and
+    // answers nothing more (llama-server's queued requests after SIGTERM, recorded).
+    d.terminate();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", d.port)).is_ok() {
+        assert!(Instant::now() < deadline, "the double still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = d.requests().len();
+    let t0 = Instant::now();
+    let e = b.loglikelihood(&plants()).await.unwrap_err();
+    assert!(matches!(e, BackendError::Unavailable { .. }), "{e}");
+    assert!(
+        e.to_string().contains("stopped accepting connections"),
+        "{e}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(
+        d.requests().len() > sent,
+        "the request reached the server on the kept connection and was left pending"
+    );
+}
+
+#[tokio::test]
+async fn the_double_overflows_a_shared_pool_and_refuses_long_prompts_as_recorded() {
+    if !have_python() {
+        return;
+    }
+    let recorded = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/llama-server")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let post = |port: u16, ids: &[u32]| {
+        let body = json!({"prompt": ids, "n_predict": 1, "n_probs": 1}).to_string();
+        raw(
+            port,
+            &format!(
+                "POST /completion HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    // A prompt as long as a slot's context (2048): the recorded 400, byte for byte.
+    let d = Double::llama_server(&[]);
+    let ids: Vec<u32> = (0..2053).map(|i| 100 + i % 500).collect();
+    assert_eq!(post(d.port, &ids), recorded("completion_too_long.http"));
+    // A second 400-token prompt while the first is evaluated, in a 512-token shared pool.
+    let d = Double::llama_server(&[
+        "--slots",
+        "4",
+        "--ctx",
+        "512",
+        "--unified",
+        "--delay-ms",
+        "50",
+    ]);
+    let port = d.port;
+    let first = std::thread::spawn(move || post(port, &(100..500).collect::<Vec<u32>>()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let slots = raw(
+            d.port,
+            "GET /slots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if slots.contains("\"is_processing\":true") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first request never started");
+    }
+    let second = post(d.port, &(600..1000).collect::<Vec<u32>>());
+    assert_eq!(second, recorded("completion_context_exceeded.http"));
+    drop(d);
+    let _ = first.join();
 }

@@ -87,6 +87,16 @@ impl Double {
             .collect()
     }
 
+    /// Sends SIGTERM (the llama-server double then stops listening but keeps its connections).
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -TERM {}", self.child.id());
+    }
+
     /// Kills the server (a dead server for the tests).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

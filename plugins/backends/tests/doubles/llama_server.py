@@ -2,12 +2,31 @@
 """Test double of llama.cpp's `llama-server`, replaying the recordings in ../fixtures/llama-server.
 
 What is RECORDED (served byte for byte, headers included, from the .http files):
-  GET /health, GET /v1/models (and /models), GET /props; POST /tokenize of the recorded text (with
-  pieces) and of the text + " Paris" (ids); POST /v1/completions of the recorded prompt with 8 tokens,
-  with `logprobs: 5`, with `stream: true`; the recorded `echo: true, logprobs: 1, max_tokens: 1`
-  request on prompt + " Paris" (echo silently ignored: one generated token's log-probability only);
-  POST /completion of the recorded prompt with `n_predict: 1, n_probs: 20` and with `n_predict: 0`.
-  The recorded prompt is recognised whether sent as text or as the recorded token ids.
+  GET /health, GET /v1/models (and /models), GET /props and GET /slots (as recorded unless --ctx or
+  --slots change them); POST /tokenize of the recorded text (with pieces) and of the text + " Paris"
+  (ids); POST /v1/completions of the recorded prompt with 8 tokens, with `logprobs: 5`, with
+  `stream: true`; the recorded `echo: true, logprobs: 1, max_tokens: 1` request on prompt + " Paris"
+  (echo silently ignored: one generated token's log-probability only); the shapes of the recorded
+  POST /completion replies (`n_probs`, `n_predict: 0`, `id_slot`, `cache_prompt: false`), the 400
+  `exceed_context_size_error` of a prompt longer than a slot's context and the 500 `Context size has
+  been exceeded.` of prompts that together overflow a shared KV pool. The recorded prompt's top 20
+  are served for it however it is sent.
+
+What it IMITATES of the recorded server's behaviour (observed on the build of the fixtures README):
+  - slots: `id_slot` pins a request to a slot (it waits while the slot is busy), else the idle slot
+    sharing the longest prefix is taken; `cache_prompt` reuses the longest common prefix of the slot's
+    cache (`timings.cache_n`), a fully cached prompt still evaluates its last token, `cache_prompt:
+    false` evaluates everything; the slot then holds the prompt (not the sampled token);
+  - batch numerics: the prompt is evaluated in ubatches of --ubatch tokens; a distribution whose last
+    position, or any reused cached position, was computed in a ubatch of fewer than --min-batch
+    tokens (ggml's CPU flash-attention tile, 64) is PERTURBED by up to 0.35 nats (deterministic), as
+    llama.cpp's small-batch kernels are (measured: 0.35 and 0.53 nats on a 711-token prompt);
+  - the KV pool: --ctx tokens per slot, shared by all slots with --unified; requests in flight whose
+    prompts together exceed a shared pool get the recorded HTTP 500;
+  - SIGTERM: requests being answered finish, then the listening socket closes (new connections are
+    refused), the process stays alive and open connections get no reply, ever (recorded: the queued
+    requests of a real llama-server after SIGTERM);
+  - --delay-ms: each evaluated prompt token takes this long (to make requests overlap).
 
 What is SYNTHESISED (same headers, same JSON shapes and key order as the recordings; values made up
 but deterministic):
@@ -29,7 +48,10 @@ Options: --port (0 = any; the chosen port is printed as `listening on 127.0.0.1:
 (`reject` imitates older builds: HTTP 400 "Only no echo is supported"), --add-bos (a model whose
 tokenizer adds BOS with add_special), --flavour vllm (vLLM's documented interface instead: /version,
 /tokenize with `prompt`/`add_special_tokens`, `echo` honoured with the legacy `tokens`/`token_logprobs`
-shape, no /props or /completion; synthesised from vLLM's source, not recorded).
+shape, no /props or /completion; synthesised from vLLM's source, not recorded), --slots N (2),
+--ctx N (2048, each slot's context), --unified, --ubatch N (512), --min-batch N (64), --delay-ms X,
+--ignore-id-slot (a server that does not honour `id_slot`: the single-pass check must notice).
+The log also gets {"event": "peak_pool", "tokens": N} lines: the most prompt tokens in flight.
 """
 
 import argparse
@@ -44,6 +66,7 @@ import threading
 import time
 
 import numpy as np
+import signal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "fixtures", "llama-server")
@@ -89,6 +112,13 @@ PINNED = {
 GEN_SETTINGS = _nprobs["generation_settings"]
 PIECE_RE = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d| ?[^\s\w]+| ?_+|\s+(?!\S)|\s+")
 LOCK = threading.Lock()
+
+
+def _recorded_completion(name):
+    """(prompt ids, n_predict, n_probs, cache_n, id_slot) of a recorded /completion reply."""
+    r = json.loads(REC[name][2])
+    g = r["generation_settings"]
+    return (tokenize(r["prompt"])[0], g["n_predict"], g["n_probs"], r["timings"]["cache_n"], r["id_slot"])
 
 
 def fnv1a(data, bits=64):
@@ -162,33 +192,111 @@ def tok_entry(i, lp):
     return {"id": i, "token": piece, "bytes": list(piece.encode("utf-8")), "logprob": lp}
 
 
+def small_batch(arr, prefix):
+    """The distribution as llama.cpp's small-batch kernels give it: up to 0.35 nats off, per token,
+    deterministic in the prefix."""
+    seed = fnv1a(b"small" + b"".join(int(t).to_bytes(4, "little") for t in prefix[-16:]))
+    with np.errstate(over="ignore"):
+        x = (np.arange(V, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(seed)
+        x = (x ^ (x >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
+    out = arr + 0.35 * ((x >> np.uint64(11)).astype(np.float64) / float(1 << 53) - 0.5) * 2.0
+    m = out.max()
+    return out - (m + math.log(np.exp(out - m).sum()))
+
+
+class ContextExceeded(Exception):
+    pass
+
+
+RECORDED_COMPLETIONS = {
+    n: _recorded_completion(n)
+    for n in ("completion_n_probs", "completion_n_probs_slot", "completion_n_probs_whole", "completion_n_predict_0")
+}
+
+
+class Slot:
+    def __init__(self, i):
+        self.id, self.tokens, self.small, self.busy, self.t_last = i, [], [], False, 0.0
+
+
 class Slots:
-    """llama-server's per-slot prompt cache: the longest common prefix is reused, and a fully cached
-    prompt still evaluates its last token."""
+    """llama-server's slots: per-slot prompt cache (longest common prefix; a fully cached prompt still
+    evaluates its last token), `id_slot` pinning, ubatches, and the KV pool."""
 
-    def __init__(self, n):
-        self.slots = [[] for _ in range(n)]
+    def __init__(self, n, n_ctx, unified, ubatch, min_batch, ignore_id_slot):
+        self.slots = [Slot(i) for i in range(n)]
+        self.n_ctx, self.unified, self.ubatch, self.min_batch = n_ctx, unified, ubatch, min_batch
+        self.ignore_id_slot = ignore_id_slot
+        self.cv = threading.Condition()
+        self.in_flight = 0
+        self.peak = 0
 
-    def use(self, tokens):
-        with LOCK:
-            best, best_len = 0, -1
-            for i, s in enumerate(self.slots):
-                k = 0
-                while k < min(len(s), len(tokens)) and s[k] == tokens[k]:
+    def acquire(self, tokens, id_slot):
+        """Waits for the slot (pinned, else the idle one sharing the longest prefix) and marks it busy."""
+        with self.cv:
+            while True:
+                if id_slot is not None and id_slot >= 0 and not self.ignore_id_slot:
+                    cands = [self.slots[id_slot]] if id_slot < len(self.slots) else []
+                    if not cands:
+                        raise HttpError(400, "Invalid id_slot: %d" % id_slot, "invalid_request_error")
+                else:
+                    cands = list(self.slots)
+                idle = [sl for sl in cands if not sl.busy]
+                if idle:
+                    def lcp(sl):
+                        k = 0
+                        while k < min(len(sl.tokens), len(tokens)) and sl.tokens[k] == tokens[k]:
+                            k += 1
+                        return k
+                    sl = max(idle, key=lambda x: (lcp(x), -x.t_last))
+                    sl.busy = True
+                    if self.unified:
+                        if self.in_flight + len(tokens) > self.n_ctx:
+                            sl.busy = False
+                            raise ContextExceeded()
+                        self.in_flight += len(tokens)
+                        self.peak = max(self.peak, self.in_flight)
+                    return sl
+                self.cv.wait()
+
+    def evaluate(self, sl, tokens, cache_prompt):
+        """Evaluates `tokens` on the slot: returns (cache_n, small) where `small` says whether the
+        last position or a reused one was computed in a small batch."""
+        with self.cv:
+            k = 0
+            if cache_prompt:
+                while k < min(len(sl.tokens), len(tokens)) and sl.tokens[k] == tokens[k]:
                     k += 1
-                if k > best_len:
-                    best, best_len = i, k
-            cache_n = min(best_len, max(len(tokens) - 1, 0))
-            self.slots[best] = list(tokens)
-            return best, cache_n
+                if k == len(tokens) and k > 0:
+                    k -= 1
+            small = list(sl.small[:k])
+            pos = k
+            while pos < len(tokens):
+                n = min(self.ubatch, len(tokens) - pos)
+                small.extend([n < self.min_batch] * n)
+                pos += n
+            sl.tokens, sl.small = list(tokens), small
+            return k, any(small)
+
+    def release(self, sl, tokens):
+        with self.cv:
+            sl.busy = False
+            sl.t_last = time.time()
+            if self.unified:
+                self.in_flight -= len(tokens)
+            self.cv.notify_all()
 
 
-def generate(prompt_ids, n_predict, n_probs, stop):
-    """Greedy generation: [(id, logprob, top list)], text, stop_type."""
+def generate(prompt_ids, n_predict, n_probs, stop, small=False):
+    """Greedy generation: [(id, logprob, top list)], text, stop_type. `small`: the prompt's last
+    position was computed in a small batch (the first distribution is perturbed; later generated
+    tokens are not: only the distribution after the prompt is compared with single-pass values)."""
     toks, text, out = list(prompt_ids), "", []
     stop_type = "limit"
-    for _ in range(max(n_predict, 0)):
+    for step in range(max(n_predict, 0)):
         arr = logprobs_after(toks)
+        if small and step == 0 and tuple(toks) not in PINNED:
+            arr = small_batch(arr, toks)
         best = top(arr, max(n_probs, 1))
         i, lp = best[0]
         out.append((i, lp, best[:n_probs] if n_probs > 0 else []))
@@ -235,8 +343,8 @@ def dumps(v):
 
 
 class HttpError(Exception):
-    def __init__(self, code, message, typ):
-        self.code, self.message, self.typ = code, message, typ
+    def __init__(self, code, message, typ, extra=None):
+        self.code, self.message, self.typ, self.extra = code, message, typ, extra or {}
 
 
 class Handler(socketserver.BaseRequestHandler):
@@ -281,11 +389,16 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             method, path, headers, body = req
             self.server.log(method, path, headers, body)
+            if self.server.terminating.is_set():
+                # After SIGTERM: never answered (the connection stays open).
+                while True:
+                    time.sleep(3600)
             try:
                 keep = self.route(method, path, body)
             except HttpError as e:
                 self.send_json(
-                    {"error": {"code": e.code, "message": e.message, "type": e.typ}}, e.code, close=True
+                    {"error": dict({"code": e.code, "message": e.message, "type": e.typ}, **e.extra)}, e.code,
+                    close=True,
                 )
                 return
             except (BrokenPipeError, ConnectionError):
@@ -355,7 +468,9 @@ class Handler(socketserver.BaseRequestHandler):
             if path in ("/v1/models", "/models"):
                 return self.send_raw("models")
             if path == "/props" and not vllm:
-                return self.send_raw("props")
+                return self.props()
+            if path == "/slots" and not vllm:
+                return self.slots_list()
             if path == "/version" and vllm:
                 return self.send_json({"version": "0.0.0-double"})
             raise HttpError(404, "File Not Found", "not_found_error")
@@ -373,6 +488,21 @@ class Handler(socketserver.BaseRequestHandler):
         if path == "/completion" and not vllm:
             return self.native_completion(self.parse(body))
         raise HttpError(404, "File Not Found", "not_found_error")
+
+    def props(self):
+        if self.server.recorded_layout:
+            return self.send_raw("props")
+        v = json.loads(REC["props"][2])
+        v["total_slots"] = len(self.server.slots.slots)
+        v["default_generation_settings"]["n_ctx"] = self.server.slots.n_ctx
+        return self.send_json(v)
+
+    def slots_list(self):
+        if self.server.recorded_layout and not any(sl.busy or sl.tokens for sl in self.server.slots.slots):
+            return self.send_raw("slots")
+        sl = self.server.slots
+        return self.send_json([{"id": x.id, "n_ctx": sl.n_ctx, "speculative": False, "is_processing": x.busy}
+                               for x in sl.slots])
 
     def prompt_ids(self, prompt):
         if isinstance(prompt, str):
@@ -429,7 +559,7 @@ class Handler(socketserver.BaseRequestHandler):
                 return self.send_raw("v1_completions")
         if ids == RECORDED_IDS_PARIS and max_tokens == 1 and n_lp == 1 and not stream:
             return self.send_raw("v1_completions_echo")
-        slot, cache_n = self.server.slots.use(ids)
+        slot, cache_n, _ = self.run_on_slot(ids)
         out, gen_text, stop_type = generate(ids, max_tokens, n_lp, stop)
         finish = "length" if stop_type == "limit" else "stop"
         logprobs = None
@@ -566,7 +696,7 @@ class Handler(socketserver.BaseRequestHandler):
         max_tokens = int(req.get("max_tokens", 16))
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
-        slot, cache_n = self.server.slots.use(ids)
+        slot, cache_n, _ = self.run_on_slot(ids)
         out, gen_text, stop_type = generate(ids, max_tokens, 0, stop)
         finish = "length" if stop_type == "limit" else "stop"
         usage = {
@@ -607,6 +737,30 @@ class Handler(socketserver.BaseRequestHandler):
             }
         )
 
+    def run_on_slot(self, ids, id_slot=None, cache_prompt=True):
+        """Evaluates a prompt on a slot as llama-server does: (slot id, cache_n, small-batch numerics)."""
+        slots = self.server.slots
+        if len(ids) >= slots.n_ctx:
+            raise HttpError(
+                400,
+                "request (%d tokens) exceeds the available context size (%d tokens), try increasing it"
+                % (len(ids), slots.n_ctx),
+                "exceed_context_size_error",
+                {"n_prompt_tokens": len(ids), "n_ctx": slots.n_ctx},
+            )
+        try:
+            sl = slots.acquire(ids, id_slot)
+        except ContextExceeded:
+            raise HttpError(500, "Context size has been exceeded.", "server_error")
+        try:
+            cache_n, small = slots.evaluate(sl, ids, cache_prompt)
+            if self.server.delay_ms:
+                time.sleep(self.server.delay_ms * (len(ids) - cache_n) / 1000.0)
+        finally:
+            slots.release(sl, ids)
+        self.server.note_peak()
+        return sl.id, cache_n, small
+
     def native_completion(self, req):
         prompt = req.get("prompt")
         if prompt is None:
@@ -614,14 +768,19 @@ class Handler(socketserver.BaseRequestHandler):
         ids, text = self.prompt_ids(prompt)
         n_predict = int(req.get("n_predict", -1))
         n_probs = int(req.get("n_probs", 0))
-        if ids == RECORDED_IDS and n_predict == 1 and n_probs == 20:
-            return self.send_raw("completion_n_probs")
-        if ids == RECORDED_IDS and n_predict == 0:
-            return self.send_raw("completion_n_predict_0")
-        slot, cache_n = self.server.slots.use(ids)
-        out, gen_text, stop_type = generate(ids, n_predict if n_predict >= 0 else 16, n_probs, [])
+        id_slot = req.get("id_slot")
+        cache_prompt = bool(req.get("cache_prompt", True))
+        slot, cache_n, small = self.run_on_slot(ids, id_slot if isinstance(id_slot, int) else None, cache_prompt)
+        # The recorded replies, where the request and the slot's state are the recorded ones.
+        for name, (r_ids, r_predict, r_probs, r_cache, r_slot) in RECORDED_COMPLETIONS.items():
+            if (ids, n_predict, n_probs, cache_n, slot) == (r_ids, r_predict, r_probs, r_cache, r_slot):
+                return self.send_raw(name)
         if n_predict == 0:
-            stop_type = "eos"
+            # Recorded: one token is sampled (it is the reply's content) but not kept in the cache.
+            out, gen_text, stop_type = generate(ids, 1, 0, [])
+            stop_type = "limit"
+        else:
+            out, gen_text, stop_type = generate(ids, n_predict if n_predict > 0 else 16, n_probs, [], small)
         settings = dict(GEN_SETTINGS)
         settings.update({"n_predict": n_predict, "max_tokens": n_predict, "n_probs": n_probs,
                          "temperature": float(req.get("temperature", 0.8))})
@@ -640,10 +799,10 @@ class Handler(socketserver.BaseRequestHandler):
             "truncated": False,
             "stop_type": stop_type,
             "stopping_word": "",
-            "tokens_cached": len(ids) + len(out),
+            "tokens_cached": len(ids) + (len(out) - 1 if n_predict != 0 else 0),
             "timings": timings(cache_n, len(ids) - cache_n, max(len(out), 1)),
         }
-        if n_probs > 0:
+        if n_probs > 0 and n_predict != 0:
             resp["completion_probabilities"] = [
                 dict(tok_entry(i, lp), top_logprobs=[tok_entry(j, l) for j, l in tl]) for i, lp, tl in out
             ]
@@ -653,6 +812,15 @@ class Handler(socketserver.BaseRequestHandler):
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def note_peak(self):
+        if not self.log_path:
+            return
+        with LOCK:
+            if self.slots.peak > self.logged_peak:
+                self.logged_peak = self.slots.peak
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"event": "peak_pool", "tokens": self.slots.peak}) + "\n")
 
     def log(self, method, path, headers, body):
         if not self.log_path:
@@ -671,15 +839,36 @@ def main():
     ap.add_argument("--add-bos", action="store_true")
     ap.add_argument("--flavour", choices=["llama.cpp", "vllm"], default="llama.cpp")
     ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--unified", action="store_true")
+    ap.add_argument("--ubatch", type=int, default=512)
+    ap.add_argument("--min-batch", type=int, default=64)
+    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--ignore-id-slot", action="store_true")
     a = ap.parse_args()
     srv = Server(("127.0.0.1", a.port), Handler)
     srv.log_path, srv.echo, srv.add_bos, srv.flavour = a.log, a.echo, a.add_bos, a.flavour
-    srv.slots = Slots(a.slots)
+    srv.slots = Slots(a.slots, a.ctx, a.unified, a.ubatch, a.min_batch, a.ignore_id_slot)
+    srv.recorded_layout = (a.slots, a.ctx, a.unified) == (2, 2048, False)
+    srv.delay_ms, srv.logged_peak = a.delay_ms, 0
+    srv.terminating = threading.Event()
+
+    def on_term(signum, frame):
+        # Like llama-server: stop accepting (the listening socket closes), keep the process and its
+        # open connections, answer nothing more.
+        srv.terminating.set()
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
     print("listening on 127.0.0.1:%d" % srv.server_address[1], flush=True)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
         pass
+    if srv.terminating.is_set():
+        srv.server_close()  # new connections are refused from here on
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
