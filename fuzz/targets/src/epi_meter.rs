@@ -8,7 +8,7 @@
 //! limit (bits 0–1: default names, no optional fields, renamed fields; bits 2–7: limit = 64 + 16 ×
 //! value), reconnect every N chunks (0: never) — then the bytes from the port.
 
-use crate::support::assert_recorded_trace_reads_back;
+use crate::support::{assert_recorded_trace_reads_back, Order};
 use epi_power::epi_meter::FieldNames;
 use epi_power::fuzzing::{epi_meter, Feed};
 
@@ -76,5 +76,12 @@ pub fn run(data: &[u8]) {
         run.samples.len() as u64,
         "samples counted and delivered"
     );
-    assert_recorded_trace_reads_back("epi-meter", &run.samples, true);
+    assert_recorded_trace_reads_back(
+        "epi-meter",
+        &run.samples,
+        Order {
+            time: true,
+            counter: true,
+        },
+    );
 }

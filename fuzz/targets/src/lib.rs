@@ -15,6 +15,7 @@
 
 pub mod config_toml;
 pub mod dllama_output;
+pub mod dynamic_plugin;
 pub mod epi_meter;
 pub mod openai_reply;
 pub mod orchestrator;
@@ -65,5 +66,9 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "config_toml",
         run: config_toml::run,
+    },
+    Target {
+        name: "dynamic_plugin",
+        run: dynamic_plugin::run,
     },
 ];

@@ -13,6 +13,7 @@
 //! line is `/path` or `/path status` answers that path (status 200 unless given), the others answer
 //! any path; each is used once, in order; a request nothing answers gets a 404.
 
+use crate::support::verbose;
 use epi_backends::openai::{LoglikelihoodMethod, OpenAiBackend, OpenAiConfig, ServerKind};
 use epi_framework::backend::{
     BackendError, GenerateRequest, InferenceBackend, LoglikelihoodRequest, TokenCountSource,
@@ -212,7 +213,16 @@ async fn exercise(url: &str, kind: ServerKind, call: u8, method: LoglikelihoodMe
     config.connect_timeout_s = 20.0;
     let mut backend = OpenAiBackend::new("openai", config);
     match backend.start().await {
-        Ok(info) => assert_eq!(info.backend, "openai"),
+        Ok(info) => {
+            verbose(|| {
+                format!(
+                    "started: {} {:?}",
+                    info.server,
+                    info.details.get("loglikelihood_method")
+                )
+            });
+            assert_eq!(info.backend, "openai")
+        }
         Err(e) => {
             typed(&e, "start");
             return;
@@ -234,6 +244,7 @@ async fn exercise(url: &str, kind: ServerKind, call: u8, method: LoglikelihoodMe
             };
             match backend.generate(&request).await {
                 Ok(r) => {
+                    verbose(|| format!("generated {:?} ({:?})", r.text, r.token_count_source));
                     for s in &stop {
                         assert!(
                             !r.text.contains(s.as_str()),
@@ -244,7 +255,11 @@ async fn exercise(url: &str, kind: ServerKind, call: u8, method: LoglikelihoodMe
                     let counted = r.tokens_in.is_some() || r.tokens_out.is_some();
                     match r.token_count_source {
                         TokenCountSource::Usage | TokenCountSource::Tokenizer => {
-                            assert!(counted, "counts from {:?} without counts", r.token_count_source)
+                            assert!(
+                                counted,
+                                "counts from {:?} without counts",
+                                r.token_count_source
+                            )
                         }
                         TokenCountSource::Unknown => {
                             assert!(!counted, "counts of unknown origin: {r:?}")
@@ -266,13 +281,17 @@ async fn exercise(url: &str, kind: ServerKind, call: u8, method: LoglikelihoodMe
             };
             match backend.loglikelihood(&request).await {
                 Ok(r) => {
+                    verbose(|| format!("scored {:?}", r.scores));
                     assert_eq!(
                         r.scores.len(),
                         request.continuations.len(),
                         "one score per continuation"
                     );
                     for s in &r.scores {
-                        assert!(!s.logprob.is_nan(), "a log-probability that is not a number");
+                        assert!(
+                            !s.logprob.is_nan(),
+                            "a log-probability that is not a number"
+                        );
                     }
                 }
                 Err(e) => typed(&e, "loglikelihood"),
@@ -284,13 +303,16 @@ async fn exercise(url: &str, kind: ServerKind, call: u8, method: LoglikelihoodMe
 
 /// Every failure must be one of the backend's typed errors, naming the backend and saying what.
 fn typed(e: &BackendError, call: &str) {
+    verbose(|| format!("{call}: {e}"));
     let (backend, message) = match e {
         BackendError::Unsupported { backend, message }
         | BackendError::Unavailable { backend, message }
         | BackendError::BadReply { backend, message }
         | BackendError::InvalidRequest { backend, message }
         | BackendError::Setup { backend, message } => (backend, message),
-        BackendError::Timeout { .. } => panic!("{call}: a timeout from a server that always answers: {e}"),
+        BackendError::Timeout { .. } => {
+            panic!("{call}: a timeout from a server that always answers: {e}")
+        }
     };
     assert_eq!(backend, "openai", "{call}: {e}");
     assert!(!message.is_empty(), "{call}: an empty message");

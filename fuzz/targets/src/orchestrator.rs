@@ -8,7 +8,7 @@
 //! Input: one byte picking the column table (bits 0–1: default, without `wh`, without `seq` and
 //! `meter_t_ms`), then the output of successive queries, separated by NUL bytes.
 
-use crate::support::assert_recorded_trace_reads_back;
+use crate::support::{assert_recorded_trace_reads_back, Order};
 use epi_power::orchestrator::fuzzing::replies;
 use epi_power::orchestrator::OrchestratorConfig;
 
@@ -32,14 +32,26 @@ pub fn run(data: &[u8]) {
     }
     let text = String::from_utf8_lossy(rest);
     let texts: Vec<&str> = text.split('\0').collect();
-    let out = replies(config, &texts).unwrap_or_else(|e| panic!("the source refused its configuration: {e}"));
+    let out = replies(config, &texts)
+        .unwrap_or_else(|e| panic!("the source refused its configuration: {e}"));
     assert_eq!(
         out.rows,
         out.samples.len() as u64 + out.stats.bad_lines,
         "every row is a sample or a bad line"
     );
-    assert_eq!(out.stats.samples, out.samples.len() as u64, "samples counted");
+    assert_eq!(
+        out.stats.samples,
+        out.samples.len() as u64,
+        "samples counted"
+    );
     // Rows come in id order; a timestamp that goes back is the database's, passed through (the
     // reader would refuse the recorded trace): only the values and the counter are checked here.
-    assert_recorded_trace_reads_back("orchestrator", &out.samples, false);
+    assert_recorded_trace_reads_back(
+        "orchestrator",
+        &out.samples,
+        Order {
+            time: false,
+            counter: true,
+        },
+    );
 }

@@ -53,10 +53,12 @@ fn read<T>(
             assert!(!e.message.is_empty(), "{what}: an empty message: {e}");
             None
         }
-        Err(Error::Io { path: p, source })
-            if std::str::from_utf8(body).is_err() && p == path =>
-        {
-            assert_eq!(source.kind(), std::io::ErrorKind::InvalidData, "{what}: {source}");
+        Err(Error::Io { path: p, source }) if std::str::from_utf8(body).is_err() && p == path => {
+            assert_eq!(
+                source.kind(),
+                std::io::ErrorKind::InvalidData,
+                "{what}: {source}"
+            );
             None
         }
         Err(e) => panic!("{what}: an error of the wrong kind: {e:?}"),

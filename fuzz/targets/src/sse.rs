@@ -18,7 +18,11 @@ pub fn run(data: &[u8]) {
         out.extend(r.finish());
         out
     };
-    assert_eq!(whole, reference(stream), "the reader and a plain reading disagree");
+    assert_eq!(
+        whole,
+        reference(stream),
+        "the reader and a plain reading disagree"
+    );
     let bytewise = {
         let mut r = SseReader::new();
         let mut out = Vec::new();

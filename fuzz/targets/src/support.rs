@@ -7,16 +7,22 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Prints what a target made of its input when `EPI_FUZZ_VERBOSE` is set (for looking into an
+/// input by hand: `EPI_FUZZ_VERBOSE=1 cargo test -p epi-fuzz-targets --test replay -- --nocapture`).
+pub fn verbose(what: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("EPI_FUZZ_VERBOSE").is_some()) {
+        eprintln!("  {}", what());
+    }
+}
+
 /// A scratch file path for `what`, private to this process and thread (the caller removes it).
 pub fn scratch(what: &str) -> PathBuf {
     let thread = format!("{:?}", std::thread::current().id())
         .chars()
         .filter(char::is_ascii_digit)
         .collect::<String>();
-    std::env::temp_dir().join(format!(
-        "epi-fuzz-{}-{thread}-{what}",
-        std::process::id()
-    ))
+    std::env::temp_dir().join(format!("epi-fuzz-{}-{thread}-{what}", std::process::id()))
 }
 
 /// A scratch file that is removed when dropped (also when the check fails and unwinds).
@@ -54,11 +60,20 @@ pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= abs.max(rel * a.abs().max(b.abs()))
 }
 
+/// What a source promises of the order of its samples, per channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Order {
+    /// Timestamps never decrease.
+    pub time: bool,
+    /// The energy counter never decreases (while every sample carries one).
+    pub counter: bool,
+}
+
 /// Writes `samples` with [`TraceWriter`] (as `epi monitor --record` does), reads the file back
 /// with [`TraceReader`], and panics unless every row reads back with the same values; then checks
-/// what the trace integrator requires of a recorded trace: each channel's energy counter never
-/// decreases, nor (with `time_order`) its timestamps. `what` names the target in messages.
-pub fn assert_recorded_trace_reads_back(what: &str, samples: &[PowerSample], time_order: bool) {
+/// what the trace integrator also requires of a recorded trace, as far as `order` says the source
+/// promises it. `what` names the target in messages.
+pub fn assert_recorded_trace_reads_back(what: &str, samples: &[PowerSample], order: Order) {
     let file = ScratchFile(scratch(&format!("{what}-recorded.csv")));
     let mut w = TraceWriter::create(&file.0, Duration::from_secs(3600))
         .unwrap_or_else(|e| panic!("{what}: creating the trace: {e}"));
@@ -100,12 +115,12 @@ pub fn assert_recorded_trace_reads_back(what: &str, samples: &[PowerSample], tim
             }
             Some((t, counter_all, e)) => {
                 assert!(
-                    !time_order || s.t_ms >= *t,
+                    !order.time || s.t_ms >= *t,
                     "{what}: node {} goes back in time, {t} → {} ms (line {line}): the trace would be refused",
                     s.channel,
                     s.t_ms
                 );
-                if *counter_all {
+                if *counter_all && order.counter {
                     match (*e, s.energy_j) {
                         (Some(e0), Some(e1)) => assert!(
                             e1 >= e0,

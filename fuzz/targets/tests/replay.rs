@@ -27,6 +27,14 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn replay(target: &Target) {
+    if target.name == "dynamic_plugin" && !epi_fuzz_targets::dynamic_plugin::available() {
+        assert!(
+            std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(),
+            "dynamic_plugin needs a C compiler (cc) to build its scripted plugin library"
+        );
+        eprintln!("skipping dynamic_plugin: no C compiler (cc)");
+        return;
+    }
     let corpus = files(&fuzz_dir().join("corpus").join(target.name));
     assert!(
         !corpus.is_empty(),
@@ -82,4 +90,5 @@ replay_tests!(
     openai_reply,
     sse,
     config_toml,
+    dynamic_plugin,
 );
