@@ -501,7 +501,7 @@ async fn a_root_that_cannot_reach_its_worker_times_out_with_what_was_checked() {
         json!({"startup_timeout_s": 4}),
     );
     // A worker nobody started, given to the root directly (hosts has only the root).
-    cfg.dllama_api = format!("{}", c.path("dllama-api-to-dead-worker"));
+    cfg.dllama_api = c.path("dllama-api-to-dead-worker");
     let dead = free_port();
     std::fs::write(
         &cfg.dllama_api,
