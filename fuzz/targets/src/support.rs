@@ -65,7 +65,7 @@ pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
 pub struct Order {
     /// Timestamps never decrease.
     pub time: bool,
-    /// The energy counter never decreases (while every sample carries one).
+    /// The energy counter never decreases (between consecutive samples that carry one).
     pub counter: bool,
 }
 
@@ -84,7 +84,7 @@ pub fn assert_recorded_trace_reads_back(what: &str, samples: &[PowerSample], ord
     let reader =
         TraceReader::open(&file.0).unwrap_or_else(|e| panic!("{what}: reopening the trace: {e}"));
     let mut n = 0usize;
-    let mut last: BTreeMap<u32, (f64, bool, Option<f64>)> = BTreeMap::new();
+    let mut last: BTreeMap<u32, (f64, Option<f64>)> = BTreeMap::new();
     for (row, s) in reader.zip(samples) {
         let (line, r) = row.unwrap_or_else(|e| {
             panic!("{what}: a recorded sample does not read back: {e}\nsample: {s:?}")
@@ -107,33 +107,24 @@ pub fn assert_recorded_trace_reads_back(what: &str, samples: &[PowerSample], ord
                 && r.utc_ms == (s.host_utc_ms != 0).then_some(s.host_utc_ms),
             "{what}: line {line} reads back as {r:?}, written from {s:?}"
         );
-        // The integrator's rules, row by row: timestamps never decrease within a channel; its
-        // energy counter never decreases while every row so far carried one.
-        match last.get_mut(&s.channel) {
-            None => {
-                last.insert(s.channel, (s.t_ms, s.energy_j.is_some(), s.energy_j));
-            }
-            Some((t, counter_all, e)) => {
+        // The integrator's rules, row by row: timestamps never decrease within a channel, nor
+        // its energy counter between two consecutive rows that both carry it.
+        if let Some((t, e)) = last.get(&s.channel) {
+            assert!(
+                !order.time || s.t_ms >= *t,
+                "{what}: node {} goes back in time, {t} → {} ms (line {line}): the trace would be refused",
+                s.channel,
+                s.t_ms
+            );
+            if let (Some(e0), Some(e1), true) = (*e, s.energy_j, order.counter) {
                 assert!(
-                    !order.time || s.t_ms >= *t,
-                    "{what}: node {} goes back in time, {t} → {} ms (line {line}): the trace would be refused",
-                    s.channel,
-                    s.t_ms
+                    e1 >= e0,
+                    "{what}: node {}'s energy counter goes down, {e0} → {e1} J (line {line}): the trace would be refused",
+                    s.channel
                 );
-                if *counter_all && order.counter {
-                    match (*e, s.energy_j) {
-                        (Some(e0), Some(e1)) => assert!(
-                            e1 >= e0,
-                            "{what}: node {}'s energy counter goes down, {e0} → {e1} J (line {line}): the trace would be refused",
-                            s.channel
-                        ),
-                        _ => *counter_all = false,
-                    }
-                }
-                *t = s.t_ms;
-                *e = s.energy_j;
             }
         }
+        last.insert(s.channel, (s.t_ms, s.energy_j));
         n += 1;
     }
     assert_eq!(n, samples.len(), "{what}: rows read back");

@@ -179,18 +179,18 @@ fn oracle(path: &Path, gap: f64) -> Expected {
                         field: "timestamp_ms",
                     };
                 }
-                if c.counter_all {
-                    match (c.last_e, e) {
-                        (Some(e0), Some(e1)) if e1 < e0 => {
-                            return Expected::Refused {
-                                line,
-                                field: "energy_j",
-                            }
-                        }
-                        (_, None) => c.counter_all = false,
-                        _ => {}
+                // The energy counter never decreases between two consecutive rows of a node
+                // that both carry it (whatever came before); it is the channel's counter energy
+                // only when every row carries it.
+                if let (Some(e0), Some(e1)) = (c.last_e, e) {
+                    if e1 < e0 {
+                        return Expected::Refused {
+                            line,
+                            field: "energy_j",
+                        };
                     }
                 }
+                c.counter_all &= e.is_some();
                 c.last_e = e;
                 c.joules += dt * (r.watts + c.last_w) / 2000.0;
                 if dt > gap {

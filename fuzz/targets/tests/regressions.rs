@@ -2,7 +2,7 @@
 //! (minimised) input that showed it. Each was committed before its fix. The same inputs are also
 //! under `fuzz/regressions/<target>/`, which `replay.rs` runs.
 
-use epi_fuzz_targets::orchestrator;
+use epi_fuzz_targets::{orchestrator, trace_csv};
 
 /// A row with a negative `wh` was taken as a counter restart, and the continuous energy counter
 /// went back (and below zero): the recorded trace was refused by the reader.
@@ -26,4 +26,52 @@ fn orchestrator_huge_wh_made_an_infinite_energy() {
 fn orchestrator_negative_or_infinite_volts_and_amps_reached_the_trace() {
     orchestrator::run(b"\x02R,1,1000,0,5,-121.3,0.1,N,N,N,N\n");
     orchestrator::run(b"\x02R,1,1000,0,5,121.3,1e999,N,N,N,N\n");
+}
+
+/// A trace with an energy counter column, one node, rows `(counter)` from `counters`, padded so that
+/// the rows from `cut` on start after the first 4 KiB block (the trace_csv target's input: an
+/// options byte, then the file).
+fn counter_trace(before: &[Option<f64>], after: &[Option<f64>]) -> Vec<u8> {
+    let mut s = String::from(
+        "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,utc_ms,source_t_ms,energy_j\n",
+    );
+    let row = |t: usize, e: Option<f64>| {
+        format!(
+            "{},0,10,230.0,0.05,0.99,,,{}\n",
+            t * 100,
+            e.map(|e| e.to_string()).unwrap_or_default()
+        )
+    };
+    let mut t = 0;
+    // Rows of the first block: the counter rising, then `before`.
+    while s.len() < 4096 - 200 {
+        s += &row(t, Some(100.0 + t as f64));
+        t += 1;
+    }
+    for &e in before {
+        s += &row(t, e);
+        t += 1;
+    }
+    while s.len() <= 4096 {
+        s += "\n";
+    }
+    for &e in after {
+        s += &row(t, e);
+        t += 1;
+    }
+    let mut input = vec![0u8];
+    input.extend_from_slice(s.as_bytes());
+    input
+}
+
+/// The check that a node's energy counter never goes down depended on where the 4 MiB blocks of
+/// the parallel reader fell: a decrease at the start of a block was let through when a later row
+/// of that block lacked a counter, and a decrease after a row without a counter was refused only
+/// when a block boundary lay between them. Every reading of a file must give the same answer.
+#[test]
+fn trace_energy_counter_check_depended_on_block_boundaries() {
+    // A decrease on the first row of a block, a row without a counter later in it.
+    trace_csv::run(&counter_trace(&[Some(500.0)], &[Some(50.0), None]));
+    // A row without a counter, then a decrease in the next block.
+    trace_csv::run(&counter_trace(&[None], &[Some(200.0), Some(150.0)]));
 }

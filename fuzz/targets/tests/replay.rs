@@ -58,6 +58,24 @@ fn replay(target: &Target) {
     }
 }
 
+/// Runs one input by hand: `EPI_FUZZ_TARGET=trace_csv EPI_FUZZ_INPUT=crash-... cargo test -p
+/// epi-fuzz-targets --test replay one_input -- --nocapture` (nothing without both variables).
+#[test]
+fn one_input() {
+    let (Some(name), Some(input)) = (
+        std::env::var_os("EPI_FUZZ_TARGET"),
+        std::env::var_os("EPI_FUZZ_INPUT"),
+    ) else {
+        return;
+    };
+    let t = TARGETS
+        .iter()
+        .find(|t| std::ffi::OsStr::new(t.name) == name)
+        .unwrap_or_else(|| panic!("no target {name:?}"));
+    let data = std::fs::read(&input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+    (t.run)(&data);
+}
+
 macro_rules! replay_tests {
     ($($name:ident),* $(,)?) => {
         $(
