@@ -185,6 +185,12 @@ fn report(suite: &str, recs: &[&QueryRecord]) {
         }
     }
     let top = letters.values().max().copied().unwrap_or(0);
+    let tokens_in: Vec<u64> = recs.iter().filter_map(|r| r.tokens_in).collect();
+    eprintln!(
+        "  prompt tokens {:?}..{:?}",
+        tokens_in.iter().min(),
+        tokens_in.iter().max()
+    );
     for r in recs.iter().take(3) {
         eprintln!(
             "  {} gold {:?}: {:?}",
