@@ -60,7 +60,8 @@ async fn the_ignored_echo_is_detected_and_top_n_is_used() {
     if !have_python() {
         return;
     }
-    let d = Double::llama_server(&[]);
+    // Without the RAM prompt cache (`--cache-ram 0`), as the single-pass mode needs.
+    let d = Double::llama_server(&["--cache-ram", "0"]);
     let mut b = backend(&d.url(), json!({"top_n": 20}));
     let info = b.start().await.unwrap();
     assert_eq!(info.server, "llama.cpp llama-server");
@@ -177,7 +178,7 @@ async fn top_n_over_the_whole_vocabulary_equals_echo_prompt_logprobs() {
     }
     // The same synthetic model behind both flavours: llama.cpp teacher-forced top-N with N = the
     // vocabulary (every token exact), and vLLM echo of the prompt.
-    let llama = Double::llama_server(&[]);
+    let llama = Double::llama_server(&["--cache-ram", "0"]);
     let vllm = Double::llama_server(&["--flavour", "vllm"]);
     let mut a = backend(&llama.url(), json!({"top_n": 49152}));
     let mut b = backend(&vllm.url(), json!({}));
@@ -496,7 +497,7 @@ async fn single_pass_values_are_a_full_evaluation_and_repeat_while_cached_ones_a
     if !have_python() {
         return;
     }
-    let d = Double::llama_server(&[]);
+    let d = Double::llama_server(&["--cache-ram", "0"]);
     // The double's model without llama.cpp's small-batch numerics: vLLM's echo.
     let vllm = Double::llama_server(&["--flavour", "vllm"]);
     let mut t = backend(&vllm.url(), json!({}));
@@ -554,7 +555,7 @@ async fn the_start_up_check_notices_kernels_that_switch_above_min_batch_tokens()
         return;
     }
     // A server whose large-batch kernels start at 128 rows.
-    let d = Double::llama_server(&["--min-batch", "128"]);
+    let d = Double::llama_server(&["--min-batch", "128", "--cache-ram", "0"]);
     let mut b = backend(&d.url(), json!({"top_n": 49152}));
     let info = b.start().await.unwrap();
     let check = &info.details["single_pass_check"];
@@ -573,6 +574,26 @@ async fn the_start_up_check_notices_kernels_that_switch_above_min_batch_tokens()
     assert_eq!(info.details["min_batch_tokens"], 128);
     let r = b.loglikelihood(&plants()).await.unwrap();
     assert!(r.scores.iter().all(|s| s.exact));
+}
+
+#[tokio::test]
+async fn a_ram_prompt_cache_is_noticed_and_no_value_is_vouched_for() {
+    if !have_python() {
+        return;
+    }
+    // llama-server's default: a RAM prompt cache that restores earlier prompts into the slot.
+    let d = Double::llama_server(&[]);
+    let mut b = backend(&d.url(), json!({"top_n": 49152}));
+    let info = b.start().await.unwrap();
+    let check = &info.details["single_pass_check"];
+    assert_eq!(check["passed"], false, "{check}");
+    assert!(
+        check["why"].as_str().unwrap().contains("--cache-ram 0"),
+        "{check}"
+    );
+    assert_eq!(info.details["reproducible"], false);
+    let r = b.loglikelihood(&plants()).await.unwrap();
+    assert!(r.scores.iter().all(|s| !s.exact));
 }
 
 #[tokio::test]

@@ -22,9 +22,12 @@
 //! against the plan; a slot that was not in the planned state (another client, a purge) is
 //! re-planned once, and a value that still cannot be vouched for is marked approximate.
 //!
-//! Requires `-ub` ≥ `max_batch_tokens` (llama-server's default is 512) and a server that honours
-//! `id_slot` and `cache_prompt`. [`OpenAiBackend::check_single_pass`] verifies at start that the
-//! method gives a full evaluation's numbers on this server.
+//! Requires `-ub` ≥ `max_batch_tokens` (llama-server's default is 512), a server that honours
+//! `id_slot` and `cache_prompt`, and `--cache-ram 0`: llama-server's RAM prompt cache (on by
+//! default) restores earlier prompts into a slot whenever less than half of what the slot holds is
+//! kept, including states computed in small batches, and re-evaluates the last token of a fully
+//! restored prompt alone. [`OpenAiBackend::check_single_pass`] verifies at start that the method
+//! gives a full evaluation's numbers on this server and that no prompt is restored.
 
 use super::replies::parse_top_n;
 use super::{OpenAiBackend, Session};
@@ -246,16 +249,17 @@ impl OpenAiBackend {
         let other = u32::from(probe[0] == 0);
         self.reset_slot(s, sp, other).await?;
         let id = lock(&sp.slot).id;
-        let head = &probe[..want - sp.min];
-        let (reused, _) = self.evaluate_on_slot(s, id, head).await?;
+        let head = probe[..want - sp.min].to_vec();
+        let (reused, _) = self.evaluate_on_slot(s, id, &head).await?;
         if reused != 0 {
             return Ok(Err(format!(
-                "the pinned slot reused {reused} tokens after a reset (expected 0)"
+                "the pinned slot reused {reused} tokens after a reset (expected 0): a RAM prompt cache? \
+                 start llama-server with --cache-ram 0 for single-pass values"
             )));
         }
         {
             let st = &mut *lock(&sp.slot);
-            st.held = head.to_vec();
+            st.held = head.clone();
             st.valid = head.len();
         }
         let by_method = self.single_pass_top_n(s, sp, probe).await?;
@@ -263,6 +267,23 @@ impl OpenAiBackend {
             return Ok(Err(format!(
                 "the pinned slot was not in the planned state ({:?})",
                 by_method.fidelity
+            )));
+        }
+        // A server that restores prompts from its RAM cache (llama-server's `--cache-ram`, on by
+        // default) swaps in a cache the plan knows nothing about, and re-evaluates the last token
+        // of a fully restored prompt alone: evaluate something else on the slot, then the head
+        // again, which must then be evaluated from the start.
+        self.reset_slot(s, sp, other).await?;
+        let (restored, _) = self.evaluate_on_slot(s, id, &head).await?;
+        {
+            let st = &mut *lock(&sp.slot);
+            st.held = head.clone();
+            st.valid = if restored == 0 { head.len() } else { 0 };
+        }
+        if restored != 0 {
+            return Ok(Err(format!(
+                "the server restored {restored} tokens of an earlier prompt into the pinned slot from its \
+                 RAM prompt cache: start llama-server with --cache-ram 0 for single-pass values"
             )));
         }
         let mut worst = 0.0f64;

@@ -14,9 +14,14 @@ What is RECORDED (served byte for byte, headers included, from the .http files):
 
 What it IMITATES of the recorded server's behaviour (observed on the build of the fixtures README):
   - slots: `id_slot` pins a request to a slot (it waits while the slot is busy), else the idle slot
-    sharing the longest prefix is taken; `cache_prompt` reuses the longest common prefix of the slot's
-    cache (`timings.cache_n`), a fully cached prompt still evaluates its last token, `cache_prompt:
-    false` evaluates everything; the slot then holds the prompt (not the sampled token);
+    whose cache covers more than 10 % of the prompt best, else the least recently used; `cache_prompt`
+    reuses the longest common prefix of the slot's cache (`timings.cache_n`), a fully cached prompt
+    still evaluates its last token, `cache_prompt: false` evaluates everything; the slot then holds
+    the prompt (not the sampled token);
+  - the RAM prompt cache (`--cache-ram`, on by default as in llama-server; 0 turns it off): when less
+    than half of what the chosen slot holds is kept, its cache is saved and the saved prompt that
+    keeps more (at least a quarter of itself) is restored into the slot, as llama-server's
+    get_available_slot / server_prompt_cache::load do;
   - batch numerics: the prompt is evaluated in ubatches of --ubatch tokens; a distribution whose last
     position, or any reused cached position, was computed in a ubatch of fewer than --min-batch
     tokens (ggml's CPU flash-attention tile, 64) is PERTURBED by up to 0.35 nats (deterministic), as
@@ -50,7 +55,7 @@ tokenizer adds BOS with add_special), --flavour vllm (vLLM's documented interfac
 /tokenize with `prompt`/`add_special_tokens`, `echo` honoured with the legacy `tokens`/`token_logprobs`
 shape, no /props or /completion; synthesised from vLLM's source, not recorded), --slots N (2),
 --ctx N (2048, each slot's context), --unified, --ubatch N (512), --min-batch N (64), --delay-ms X,
---ignore-id-slot (a server that does not honour `id_slot`: the single-pass check must notice).
+--ignore-id-slot (a server that does not honour `id_slot`), --cache-ram N (8192; 0: no RAM cache).
 The log also gets {"event": "peak_pool", "tokens": N} lines: the most prompt tokens in flight.
 """
 
@@ -223,32 +228,71 @@ class Slots:
     """llama-server's slots: per-slot prompt cache (longest common prefix; a fully cached prompt still
     evaluates its last token), `id_slot` pinning, ubatches, and the KV pool."""
 
-    def __init__(self, n, n_ctx, unified, ubatch, min_batch, ignore_id_slot):
+    def __init__(self, n, n_ctx, unified, ubatch, min_batch, ignore_id_slot, cache_ram):
         self.slots = [Slot(i) for i in range(n)]
+        self.ram = [] if cache_ram else None
         self.n_ctx, self.unified, self.ubatch, self.min_batch = n_ctx, unified, ubatch, min_batch
         self.ignore_id_slot = ignore_id_slot
         self.cv = threading.Condition()
         self.in_flight = 0
         self.peak = 0
 
+    def select(self, tokens, id_slot):
+        """llama-server's get_available_slot: the pinned slot, else the idle slot whose cache covers
+        more than 10 % of the prompt best, else the least recently used; then, when less than half
+        of what the chosen slot holds is kept, its cache is saved to the RAM prompt cache and the
+        cached prompt that keeps more (at least a quarter of it) is restored into it. None: busy."""
+        def lcp(a):
+            k = 0
+            while k < min(len(a), len(tokens)) and a[k] == tokens[k]:
+                k += 1
+            return k
+
+        pinned = id_slot is not None and id_slot >= 0 and not self.ignore_id_slot
+        ret, update = None, False
+        if pinned:
+            if id_slot >= len(self.slots):
+                raise HttpError(400, "Invalid id_slot: %d" % id_slot, "invalid_request_error")
+            ret = self.slots[id_slot]
+            if ret.busy:
+                return None
+        f_sim_best = 0.0
+        for sl in self.slots:
+            if (pinned and sl is not ret) or sl.busy or not sl.tokens:
+                continue
+            sim = lcp(sl.tokens) / max(len(tokens), 1)
+            if sim > f_sim_best and sim > 0.1:
+                f_sim_best, ret = sim, sl
+        if ret is not None and ret.tokens and f_sim_best * len(tokens) / len(ret.tokens) < 0.5:
+            update = True
+        if ret is None:
+            idle = [sl for sl in self.slots if not sl.busy]
+            if not idle:
+                return None
+            ret, update = min(idle, key=lambda x: x.t_last), True
+        if update and self.ram is not None:
+            if ret.tokens:
+                self.ram.append((list(ret.tokens), list(ret.small)))
+            k0 = lcp(ret.tokens)
+            keep_best = k0 / len(ret.tokens) if ret.tokens else -1.0
+            sim_best = k0 / max(len(tokens), 1)
+            best = None
+            for i, (t, _) in enumerate(self.ram):
+                k = lcp(t)
+                keep, sim = k / len(t), k / max(len(tokens), 1)
+                if keep >= 0.25 and keep_best < keep and sim_best < sim:
+                    keep_best, sim_best, best = keep, sim, i
+            if best is not None:
+                ret.tokens, ret.small = self.ram.pop(best)
+        return ret
+
     def acquire(self, tokens, id_slot):
-        """Waits for the slot (pinned, else the idle one sharing the longest prefix) and marks it busy."""
+        """Waits for a slot (see `select`) and marks it busy; a prompt that does not fit in the shared
+        pool beside those in flight raises ContextExceeded."""
         with self.cv:
             while True:
-                if id_slot is not None and id_slot >= 0 and not self.ignore_id_slot:
-                    cands = [self.slots[id_slot]] if id_slot < len(self.slots) else []
-                    if not cands:
-                        raise HttpError(400, "Invalid id_slot: %d" % id_slot, "invalid_request_error")
-                else:
-                    cands = list(self.slots)
-                idle = [sl for sl in cands if not sl.busy]
-                if idle:
-                    def lcp(sl):
-                        k = 0
-                        while k < min(len(sl.tokens), len(tokens)) and sl.tokens[k] == tokens[k]:
-                            k += 1
-                        return k
-                    sl = max(idle, key=lambda x: (lcp(x), -x.t_last))
+                sl = self.select(tokens, id_slot)
+                if sl is not None:
                     sl.busy = True
                     if self.unified:
                         if self.in_flight + len(tokens) > self.n_ctx:
@@ -845,10 +889,11 @@ def main():
     ap.add_argument("--min-batch", type=int, default=64)
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--ignore-id-slot", action="store_true")
+    ap.add_argument("--cache-ram", type=int, default=8192)
     a = ap.parse_args()
     srv = Server(("127.0.0.1", a.port), Handler)
     srv.log_path, srv.echo, srv.add_bos, srv.flavour = a.log, a.echo, a.add_bos, a.flavour
-    srv.slots = Slots(a.slots, a.ctx, a.unified, a.ubatch, a.min_batch, a.ignore_id_slot)
+    srv.slots = Slots(a.slots, a.ctx, a.unified, a.ubatch, a.min_batch, a.ignore_id_slot, a.cache_ram != 0)
     srv.recorded_layout = (a.slots, a.ctx, a.unified) == (2, 2048, False)
     srv.delay_ms, srv.logged_peak = a.delay_ms, 0
     srv.terminating = threading.Event()
