@@ -225,6 +225,30 @@ impl EpiResult {
     }
 }
 
+/// The `run_metadata` key of the input digests a result records: `{"trace": "xxh3-128:…",
+/// "trace_meta": "xxh3-128:…", "benchmark": "xxh3-128:…"}` (`trace_meta` only when the trace has
+/// a sidecar). `epi validate` hashes a submission's files and requires them to match.
+pub const INPUT_DIGESTS: &str = "input_digests";
+
+/// The digest of a file's bytes as results record it: `xxh3-128:` and 32 lower-case hex digits,
+/// the canonical big-endian form `xxhsum -H2` prints. (XXH3 rather than SHA-256: the trace is
+/// hashed while it is integrated, and SHA-256 would cost more than the integration.)
+pub fn file_digest(path: &Path) -> Result<String, Error> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = twox_hash::XxHash3_128::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.write(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    Ok(format!("xxh3-128:{:032x}", h.finish_128()))
+}
+
 /// Reads every EPI result JSON under `dir` (recursively), sorted by path. Files that are JSON but
 /// not EPI results (benchmark files) are skipped; malformed EPI results are errors.
 pub fn load_results_dir(dir: &Path) -> Result<Vec<(std::path::PathBuf, EpiResult)>, Error> {
@@ -339,6 +363,31 @@ pub fn write_community_csv(path: &Path, rows: &[CommunityRow]) -> Result<(), Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_digests_are_what_xxhsum_prints() {
+        // Known answers from `xxhsum -H2` (xxHash 0.8.1), for a short file and for one read in
+        // several pieces.
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("abc");
+        std::fs::write(&short, b"abc").unwrap();
+        assert_eq!(
+            file_digest(&short).unwrap(),
+            "xxh3-128:06b05ab6733a618578af5f94892f3950"
+        );
+        let long = dir.path().join("long");
+        let mut bytes = vec![b'x'; 3_000_000];
+        bytes.extend_from_slice(b"tail");
+        std::fs::write(&long, &bytes).unwrap();
+        assert_eq!(
+            file_digest(&long).unwrap(),
+            "xxh3-128:05569b8198f0ddf0a5956da675dfc5f8"
+        );
+        assert!(file_digest(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string()
+            .contains("missing"));
+    }
 
     #[test]
     fn surgery_param_sources() {

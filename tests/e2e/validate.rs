@@ -407,3 +407,29 @@ fn export_writes_the_community_csv() {
     assert_eq!(epi, r["epi"].as_f64().unwrap());
     assert!(lines.next().is_none());
 }
+
+#[test]
+fn a_benchmark_energy_window_is_what_validate_recomputes_over() {
+    let (dir, sub) = copy_submission();
+    edit_json(&sub.join("benchmark_001.json"), |v| {
+        v["energy_window_ms"] = serde_json::json!([600_000.0, 1_800_000.0])
+    });
+    recalculate(&sub, &[]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sub.join("epi_001.json")).unwrap()).unwrap();
+    assert_eq!(v["energy"]["duration_seconds"], 1200.0, "{v:#}");
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(0), "{out}");
+
+    // The window moved after the fact: the energy no longer matches.
+    edit_json(&sub.join("benchmark_001.json"), |v| {
+        v["energy_window_ms"] = serde_json::json!([600_000.0, 1_900_000.0])
+    });
+    let (code, out) = validate(dir.path(), &sub);
+    assert_eq!(code, Some(1), "{out}");
+    let l = line(&out, "EPI JSON");
+    assert!(
+        l.contains("energy.duration_seconds is 1200.0, but the trace and benchmark give 1300"),
+        "{out}"
+    );
+}

@@ -527,7 +527,6 @@ fn mutations(goods: &[Good]) -> Vec<Mutation> {
         "energy",
         "accuracy",
         "uncertainty",
-        "metrics",
         "energy.per_node_joules",
         "accuracy.weights",
         "energy.idle_watts",

@@ -12,33 +12,12 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use epi_framework::calculator::{CompositeScorer, EpiCalculator, ResultLabels};
 use epi_framework::registry::PluginKind;
+use epi_framework::result::{file_digest, INPUT_DIGESTS};
 use epi_framework::trace::{PowerTrace, TraceOptions};
 use epi_framework::{BenchmarkResult, EpiResult};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The `run_metadata` key of the input digests: `{"trace": "xxh3-128:…", "trace_meta": "xxh3-128:…",
-/// "benchmark": "xxh3-128:…"}` (`trace_meta` only when the trace has a sidecar).
-pub const INPUT_DIGESTS: &str = "input_digests";
-
-/// The digest of a file's bytes as written into results: `xxh3-128:` and 32 lower-case hex digits
-/// (the canonical big-endian form `xxhsum -H2` prints).
-pub fn file_digest(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = twox_hash::XxHash3_128::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => h.write(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(format!("xxh3-128:{:032x}", h.finish_128()))
-}
 
 /// Options of `epi calculate`.
 #[derive(Debug, Args)]
@@ -130,26 +109,27 @@ pub fn compute(ctx: &Context, a: &CalculateArgs) -> Result<EpiResult> {
         gap_limit_ms: a.gap_limit_ms.unwrap_or(general.gap_limit_ms),
         ..Default::default()
     };
-    // The trace is hashed on a second thread while it is integrated (the page cache serves both).
+    // A trace that cannot be opened is named before anything else is read.
+    std::fs::File::open(&a.trace).map_err(|e| epi_framework::Error::io(&a.trace, e))?;
+    let bench = BenchmarkResult::from_json(&a.benchmark)?;
+    // Integrated over the benchmark's energy window when it names one, else whole; the file is
+    // hashed on a second thread meanwhile (the page cache serves both).
     let (trace, trace_digest) = std::thread::scope(|s| {
         let digest = s.spawn(|| file_digest(&a.trace));
-        let trace = PowerTrace::from_csv_with(&a.trace, &opts);
+        let trace = PowerTrace::for_benchmark(&a.trace, &bench, &opts);
         (trace, digest.join())
     });
     let trace = trace?;
-    let trace_digest = trace_digest
-        .map_err(|_| anyhow::anyhow!("hashing {} failed", a.trace.display()))?
-        .with_context(|| format!("hashing {}", a.trace.display()))?;
-    let bench = BenchmarkResult::from_json(&a.benchmark)?;
+    let trace_digest =
+        trace_digest.map_err(|_| anyhow::anyhow!("hashing {} failed", a.trace.display()))??;
     let mut digests = serde_json::Map::new();
     digests.insert("trace".into(), trace_digest.into());
     let sidecar = epi_framework::trace::TraceMeta::path_for(&a.trace);
     if trace.meta.is_some() {
-        let d = file_digest(&sidecar).with_context(|| format!("hashing {}", sidecar.display()))?;
+        let d = file_digest(&sidecar)?;
         digests.insert("trace_meta".into(), d.into());
     }
-    let d =
-        file_digest(&a.benchmark).with_context(|| format!("hashing {}", a.benchmark.display()))?;
+    let d = file_digest(&a.benchmark)?;
     digests.insert("benchmark".into(), d.into());
     let weights = match &a.weights {
         Some(w) => Some(parse_weights(w)?),
@@ -350,30 +330,4 @@ pub fn label_value(r: &EpiResult, field: &str) -> Option<String> {
         .get(field)?
         .as_str()
         .map(str::to_string)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_digests_are_what_xxhsum_prints() {
-        // Known answers from `xxhsum -H2` (xxHash 0.8.1), for a short file and for one read in
-        // several pieces.
-        let dir = tempfile::tempdir().unwrap();
-        let short = dir.path().join("abc");
-        std::fs::write(&short, b"abc").unwrap();
-        assert_eq!(
-            file_digest(&short).unwrap(),
-            "xxh3-128:06b05ab6733a618578af5f94892f3950"
-        );
-        let long = dir.path().join("long");
-        let mut bytes = vec![b'x'; 3_000_000];
-        bytes.extend_from_slice(b"tail");
-        std::fs::write(&long, &bytes).unwrap();
-        assert_eq!(
-            file_digest(&long).unwrap(),
-            "xxh3-128:05569b8198f0ddf0a5956da675dfc5f8"
-        );
-    }
 }

@@ -76,6 +76,13 @@ pub const RULES: &[(&str, Rule)] = &[
         ),
     ),
     (
+        "metrics",
+        Rule::RecomputedIfPresent(
+            "absent (the result's producer computed no metrics beside EPI): ept_in, ept_out and \
+             ept_total not checked",
+        ),
+    ),
+    (
         "energy.idle_watts",
         Rule::Parameter(
             "the idle power measured before the run (--idle-watts); net_joules is recomputed from it",
