@@ -13,7 +13,7 @@ use crate::support::{close, ScratchFile};
 use epi_framework::error::{Error, InputError};
 use epi_framework::result::Gap;
 use epi_framework::trace::fuzzing::{available, set_line_parser, LineParser};
-use epi_framework::trace::{summarize, TraceOptions, TraceReader, TraceSummary};
+use epi_framework::trace::{summarize, summarize_window, TraceOptions, TraceReader, TraceSummary};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -72,6 +72,58 @@ pub fn run(data: &[u8]) {
         }
     }
     set_line_parser(LineParser::Avx512);
+    check_window(&f.0, &expected, gap);
+}
+
+/// The windowed reader (`summarize_window`, what `epi calculate` uses when a benchmark names its
+/// energy window) over the whole span of the trace: it reads the same file, so it must refuse
+/// what the full reader refuses (same line and field) and otherwise find the same samples and the
+/// same energy per channel.
+fn check_window(path: &Path, expected: &Expected, gap: f64) {
+    let span = match expected {
+        Expected::Summary(o) if o.end_ms > o.start_ms => Some((o.start_ms, o.end_ms)),
+        Expected::Summary(_) => return, // no span: nothing to integrate over
+        // The full reader's own limit (it takes the header from the first 4 KiB).
+        Expected::Refused {
+            field: "header", ..
+        } => return,
+        _ => None,
+    };
+    let got = summarize_window(path, span.unwrap_or((0.0, 1.0)), gap, 100);
+    let what = format!("summarize_window gap {gap}");
+    match (expected, got) {
+        (Expected::Summary(o), Ok(s)) => {
+            assert_eq!(s.samples, o.samples, "{what}: samples");
+            for (node, want) in &o.channels {
+                let have = s
+                    .channels
+                    .get(node)
+                    .unwrap_or_else(|| panic!("{what}: node {node} missing"));
+                assert_eq!(have.samples, want.samples, "{what}: node {node}: samples");
+                assert!(
+                    close(have.joules, want.joules, 1e-9, 1e-12),
+                    "{what}: node {node}: {} J, the row-by-row sum is {} J",
+                    have.joules,
+                    want.joules
+                );
+            }
+        }
+        (Expected::Summary(_), Err(e)) => {
+            panic!("{what}: refused a trace the full reader reads: {e}")
+        }
+        (Expected::Error(want), Err(Error::Input(have))) => {
+            assert_eq!(
+                &have, want,
+                "{what}: a different error than the row-by-row reader's"
+            )
+        }
+        (Expected::Refused { line, field }, Err(Error::Input(have))) => assert_eq!(
+            (have.location.line, have.location.field.as_deref()),
+            (Some(*line), Some(*field)),
+            "{what}: refused at a different place: {have}"
+        ),
+        (want, got) => panic!("{what}: expected {want:?}, got {got:?}"),
+    }
 }
 
 /// What the oracle expects: an input error, or these results.

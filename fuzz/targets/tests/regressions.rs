@@ -75,3 +75,18 @@ fn trace_energy_counter_check_depended_on_block_boundaries() {
     // A row without a counter, then a decrease in the next block.
     trace_csv::run(&counter_trace(&[None], &[Some(200.0), Some(150.0)]));
 }
+
+/// The windowed trace reader (`summarize_window`, used when a benchmark names its energy window)
+/// sorted each node's rows instead of refusing a timestamp that goes back, and did not check the
+/// energy counter: it accepted traces the full reader refuses.
+#[test]
+fn trace_window_reader_accepted_what_the_full_reader_refuses() {
+    trace_csv::run(
+        b"\x00timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor\n\
+          0,0,5,230,0.02,1\n100,0,6,230,0.02,1\n50,0,7,230,0.02,1\n",
+    );
+    trace_csv::run(
+        b"\x00timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,utc_ms,source_t_ms,energy_j\n\
+          0,0,5,230,0.02,1,,,10\n100,0,6,230,0.02,1,,,9\n",
+    );
+}
