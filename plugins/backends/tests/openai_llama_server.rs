@@ -632,7 +632,8 @@ async fn requests_in_flight_never_hold_more_tokens_than_the_shared_pool() {
     let peak = d
         .requests()
         .iter()
-        .filter_map(|r| (r["event"] == "peak_pool").then(|| r["tokens"].as_u64().unwrap()))
+        .filter(|r| r["event"] == "peak_pool")
+        .map(|r| r["tokens"].as_u64().unwrap())
         .max()
         .unwrap();
     assert!(
