@@ -98,8 +98,8 @@ impl Spec {
             counter: i % 5 == 3,
             sidecar: sidecars[(i % 4) as usize],
             suites: 1 + (i % 3) as usize,
-            tokens_in: i % 2 == 0,
-            items: i % 3 == 0,
+            tokens_in: i.is_multiple_of(2),
+            items: i.is_multiple_of(3),
             ci95: i % 3 == 2,
             idle_watts: (i % 4 == 1).then(|| 2.0 + r.unit() * 3.0),
             weights: (i % 6 == 5).then_some("mmlu=0.5,arc_challenge=0.3,hellaswag=0.2"),
@@ -197,7 +197,7 @@ fn benchmark_json(s: &Spec) -> Value {
     let duration = (s.instants * s.interval_ms) as f64 / 1000.0;
     let mut b = json!({
         "model": format!("model-{}", s.seed), "quantization": "Q4_K_M",
-        "surgery": if s.seed % 2 == 0 { "none (baseline)".to_string() } else { format!("experts_dropped={}", s.seed) },
+        "surgery": if s.seed.is_multiple_of(2) { "none (baseline)".to_string() } else { format!("experts_dropped={}", s.seed) },
         "benchmarks": scores, "total_tokens": 1000 + r.below(40_000),
         "duration_seconds": duration, "timestamp_utc": format!("2026-05-{:02}T10:00:00Z", 1 + s.seed % 28),
         "hardware": format!("{}x test node", s.nodes),
@@ -266,7 +266,7 @@ fn make_good(root: &Path, s: &Spec) -> Good {
     if s.model_override {
         args.extend(["--model".to_string(), format!("renamed-model-{}", s.seed)]);
     }
-    if s.seed % 5 == 0 {
+    if s.seed.is_multiple_of(5) {
         args.extend([
             "--surgery-param".to_string(),
             format!("experts_dropped={}", s.seed),
