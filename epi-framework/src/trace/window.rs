@@ -15,7 +15,7 @@
 use super::summarize::{ChannelSummary, TraceSummary};
 use super::TraceReader;
 use crate::energy::ChannelSeries;
-use crate::error::Error;
+use crate::error::{Error, InputError, Location};
 use crate::result::Gap;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,14 +45,42 @@ pub fn summarize_window(
     let mut rows: BTreeMap<u32, Vec<(f64, f64, Option<f64>)>> = BTreeMap::new();
     let mut sorted = true;
     let mut last_t = f64::NEG_INFINITY;
-    while let Some((_, r)) = reader.next_row()? {
+    while let Some((line, r)) = reader.next_row()? {
         if r.t_ms < last_t {
             sorted = false;
         }
         last_t = r.t_ms;
-        rows.entry(r.node)
-            .or_default()
-            .push((r.t_ms, r.watts, r.energy_j));
+        let pts = rows.entry(r.node).or_default();
+        // What the full-file reader refuses, refused here too (same line, field and message).
+        if let Some(&(t0, _, e0)) = pts.last() {
+            let refuse = |field: &str, message: String| {
+                Err(
+                    InputError::new(Location::file(path).at_line(line).field(field), message)
+                        .into(),
+                )
+            };
+            if r.t_ms < t0 {
+                return refuse(
+                    "timestamp_ms",
+                    format!(
+                        "{} is earlier than node {}'s previous sample at {} ms; expected timestamps that never decrease within a node",
+                        r.t_ms, r.node, t0
+                    ),
+                );
+            }
+            if let (Some(e0), Some(e1)) = (e0, r.energy_j) {
+                if e1 < e0 {
+                    return refuse(
+                        "energy_j",
+                        format!(
+                            "energy counter of node {} went down from {e0} J to {e1} J; expected a cumulative counter",
+                            r.node
+                        ),
+                    );
+                }
+            }
+        }
+        pts.push((r.t_ms, r.watts, r.energy_j));
     }
     let mut channels = BTreeMap::new();
     let mut series = Vec::new();
