@@ -126,7 +126,7 @@ pub fn load_into(registry: &mut Registry, path: &Path) -> Result<(), Error> {
 /// the module documentation); returns its resolved path, the one to load.
 pub fn check_location(path: &Path) -> Result<std::path::PathBuf, Error> {
     let real = std::fs::canonicalize(path)
-        .map_err(|e| refuse(path, format!("cannot resolve the library path: {e}")))?;
+        .map_err(|e| refuse(path, format!("cannot load library: {e}")))?;
     let meta = std::fs::metadata(&real)
         .map_err(|e| refuse(path, format!("cannot read {}: {e}", real.display())))?;
     if !meta.is_file() {
