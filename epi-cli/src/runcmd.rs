@@ -424,10 +424,9 @@ pub fn print(ctx: &Context, o: &RunOutcome, json_out: bool) -> Result<()> {
             }
         );
     }
-    let reps: Vec<RepetitionReport> =
-        serde_json::from_value(s["repetitions"].clone()).unwrap_or_default();
-    let median = s["median_repetition"].as_u64().map(|m| m as u32);
-    for r in &reps {
+    let reps: &[RepetitionReport] = &o.repetitions;
+    let median = o.median.as_ref().map(|m| m.repetition);
+    for r in reps {
         let mark = if Some(r.repetition) == median && reps.len() > 1 {
             " (median)"
         } else {
@@ -447,7 +446,11 @@ pub fn print(ctx: &Context, o: &RunOutcome, json_out: bool) -> Result<()> {
                 "  EPI {:.6} J/token ÷ accuracy{}  ({} basis, {} tokens)",
                 m.epi,
                 m.epi_ci95
-                    .map(|(lo, hi)| format!(" [{lo:.6}, {hi:.6}]"))
+                    .map(|(lo, hi)| if hi.is_finite() {
+                        format!(" [{lo:.6}, {hi:.6}]")
+                    } else {
+                        format!(" [{lo:.6}, unbounded: an accuracy interval reaches 0]")
+                    })
                     .unwrap_or_default(),
                 m.token_basis,
                 m.tokens

@@ -2,113 +2,19 @@
 //! and against the distributed-llama double run through a real `sshd` (generative), with the real
 //! ARC-Challenge and MMLU suites on the repository's test data; dead servers and Ctrl-C.
 
-use crate::support::{epi, epi_bin, have_tool, repo_root, stderr, stdout};
+use crate::support::{
+    closed_soon, data_dir, doubles, epi, epi_bin, free_port, have_python, have_tool, stderr,
+    stdout, LlamaServer,
+};
 use epi_framework::records::{read_arrow_records, read_jsonl_records};
 use epi_framework::BenchmarkResult;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn doubles() -> PathBuf {
-    repo_root().join("plugins/backends/tests/doubles")
-}
-
-fn data_dir() -> String {
-    repo_root()
-        .join("plugins/suites/testdata")
-        .display()
-        .to_string()
-}
-
-/// python3 with numpy (the doubles' language); in CI its absence is a failure.
-fn have_python() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import numpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(),
-            "python3 with numpy is required (EPI_REQUIRE_SYSTEM_TOOLS is set): run .ci/setup"
-        );
-        eprintln!("skipping: python3 with numpy is not available");
-    }
-    ok
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(1),
-    )
-    .is_ok()
-}
-
-fn closed_soon(port: u16) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60) {
-        if !listening(port) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-/// The replaying llama-server double; killed on drop.
-struct LlamaServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl LlamaServer {
-    fn start(dir: &Path) -> LlamaServer {
-        let log = dir.join("llama-requests.jsonl");
-        let mut child = Command::new("python3")
-            .arg(doubles().join("llama_server.py"))
-            .args(["--port", "0", "--log"])
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-        LlamaServer { child, port, log }
-    }
-
-    fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn records(dir: &Path) -> Vec<epi_framework::records::QueryRecord> {
     read_jsonl_records(&dir.join("records.jsonl")).unwrap()
@@ -272,7 +178,11 @@ fn bad_options_are_named() {
             "topn=3",
         ],
     );
-    assert_eq!(o.status.code(), Some(3), "a configuration error is bad input");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a configuration error is bad input"
+    );
     assert!(
         stderr(&o).contains("unknown field `topn`"),
         "{}",
@@ -301,7 +211,11 @@ fn bad_options_are_named() {
         tmp.path(),
         &["eval", "--backend", "nope", "--suite", "arc-challenge"],
     );
-    assert_eq!(o.status.code(), Some(2), "an unknown plugin is a usage error");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown plugin is a usage error"
+    );
     assert!(
         stderr(&o).contains("no backend plugin named `nope`"),
         "{}",

@@ -110,3 +110,178 @@ pub fn wait_output(mut child: std::process::Child, secs: u64) -> Output {
     });
     child.wait_with_output().expect("wait_with_output")
 }
+
+/// The test doubles of the backends crate.
+pub fn doubles() -> PathBuf {
+    repo_root().join("plugins/backends/tests/doubles")
+}
+
+/// The suites' bundled test data.
+pub fn data_dir() -> String {
+    repo_root()
+        .join("plugins/suites/testdata")
+        .display()
+        .to_string()
+}
+
+/// python3 with numpy (the doubles' language); in CI its absence is a failure.
+pub fn have_python() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import numpy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("EPI_REQUIRE_SYSTEM_TOOLS").is_none(),
+            "python3 with numpy is required (EPI_REQUIRE_SYSTEM_TOOLS is set): run .ci/setup"
+        );
+        eprintln!("skipping: python3 with numpy is not available");
+    }
+    ok
+}
+
+/// A port nothing listens on (at the moment of the call).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether something accepts connections on a loopback port.
+pub fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        std::time::Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// Waits (at most 60 s) until nothing listens on `port`.
+pub fn closed_soon(port: u16) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(60) {
+        if !listening(port) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// The replaying llama-server double on a loopback port; killed on drop.
+pub struct LlamaServer {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl LlamaServer {
+    /// Starts it with the default settings.
+    pub fn start(dir: &Path) -> LlamaServer {
+        LlamaServer::start_with(dir, &[])
+    }
+
+    /// Starts it with extra arguments (`--slots 4`, `--delay-ms 50`).
+    pub fn start_with(dir: &Path, args: &[&str]) -> LlamaServer {
+        use std::io::BufRead;
+        let log = dir.join("llama-requests.jsonl");
+        let mut child = Command::new("python3")
+            .arg(doubles().join("llama_server.py"))
+            .args(["--port", "0", "--log"])
+            .arg(&log)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+        LlamaServer { child, port, log }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The requests it logged.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The epi-meter board emulator (`tests/tools/epi_meter_emulator.py`) on a socat pty pair under
+/// `dir/link`; stopped on drop.
+pub struct Emulator {
+    child: Option<std::process::Child>,
+    /// The host side of the link: what epi opens.
+    pub port: PathBuf,
+}
+
+impl Emulator {
+    /// Starts it with `args` and returns once its pty pair exists.
+    pub fn start(dir: &Path, args: &[&str]) -> Emulator {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/tools/epi_meter_emulator.py"))
+            .arg("--dir")
+            .arg(dir.join("link"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the emulator");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("emulator stdout"))
+            .read_line(&mut line)
+            .expect("emulator says READY");
+        assert_eq!(line.trim(), "READY", "emulator did not start");
+        Emulator {
+            child: Some(child),
+            port: dir.join("link/host"),
+        }
+    }
+
+    /// Ends a `--until-signal` run (SIGUSR1): it writes its ground truth and exits.
+    pub fn end_run(&mut self) {
+        if let Some(c) = &self.child {
+            send_signal(c, "USR1");
+        }
+    }
+
+    /// Waits (at most `secs`) for it to exit.
+    pub fn wait(&mut self, secs: u64) {
+        if let Some(mut c) = self.child.take() {
+            wait_for("the emulator to exit", secs, || {
+                c.try_wait().expect("try_wait").map(|_| ())
+            });
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -27,6 +27,10 @@ Faults (--faults all, none, or a comma list), at fixed points of the run:
   reboot       the meter goes down for --reboot-s and boots again: hello, seq from 0, t_ms from
                ~200 ms, the IC energy counter from 0
 
+With --until-signal the run ends at SIGUSR1 (or when the host closes its side) instead of after
+--duration, and the ground truth covers what was written until then: for runs whose length the
+test cannot know (`epi profile`).
+
 Ground truth (--truth PATH): PATH is a CSV of every sample the host must record
 (boot,seq,t_ms,node,w,v,a,pf,wh, values exactly as written on the wire); PATH.json has the
 counts the host must report (bad lines, lost samples, reboots, reconnects) and the energy of the
@@ -58,6 +62,10 @@ AT = {"garbage": 0.05, "malformed": 0.08, "wrong-type": 0.11, "negative": 0.14, 
 
 def log(msg):
     print(f"emulator: {msg}", file=sys.stderr, flush=True)
+
+
+class HostGone(Exception):
+    """The host closed its side of the link (with --until-signal: the end of the run)."""
 
 
 class Socat:
@@ -175,7 +183,11 @@ def main():
     ap.add_argument("--linger-s", type=float, default=30.0, help="after the run, keep the link up this long or until the host closes it")
     ap.add_argument("--start-timeout-s", type=float, default=30.0, help="how long to wait for the host to open its side")
     ap.add_argument("--socat", default="socat")
+    ap.add_argument("--until-signal", action="store_true", help="end the run at SIGUSR1 or when the host closes its side (--duration is then an upper bound)")
     args = ap.parse_args()
+    stop = {"now": False}
+    if args.until_signal:
+        signal.signal(signal.SIGUSR1, lambda *_: stop.__setitem__("now", True))
 
     faults = set(ALL_FAULTS if args.faults == "all" else [] if args.faults == "none" else args.faults.split(","))
     unknown = faults - set(ALL_FAULTS)
@@ -211,7 +223,14 @@ def main():
     unplug_info = []
 
     def write(text, end="\n"):
-        os.write(fd, (text + end).encode("utf-8") if isinstance(text, str) else text + end.encode())
+        data = (text + end).encode("utf-8") if isinstance(text, str) else text + end.encode()
+        try:
+            os.write(fd, data)
+        except OSError:
+            if not args.until_signal:
+                raise
+            stop["now"] = True  # the host closed its side: the run is over
+            raise HostGone()
 
     def deliver(s, line, end="\n"):
         write(line, end)
@@ -230,117 +249,120 @@ def main():
     start = time.monotonic()
     slot = 0
     last_write_wall = None
-    while slot < slots:
-        due = start + slot * period_ms / 1000.0
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
-
-        if "reboot" in faults and slot == at["reboot"]:
-            # Down: no lines, no seq, no counter. Then a new boot.
-            before = time.monotonic()
-            last_seq = (meter.seq - 1) % 2**32
-            meter.reboot(200)
-            slot += reboot_slots
+    try:
+        while slot < slots and not stop["now"]:
             due = start + slot * period_ms / 1000.0
             now = time.monotonic()
             if due > now:
                 time.sleep(due - now)
-            if slot >= slots:
-                break
-            write(hello_line(args.channels, args.rate))
-            boot_slot = slot
-            reboot_info.append({"slot": slot, "down_ms": reboot_slots * period_ms, "last_seq_before": last_seq,
-                                "gap_slots": reboot_slots + 1, "wall_before_ms": (before - start) * 1000})
-            events.append("reboot")
 
-        if "unplug" in faults and slot == at["unplug"]:
-            time.sleep(0.5)  # let the host read what was written
-            os.close(fd)
-            socat.stop()
-            t_unplug = time.monotonic()
-            first_missed = slot
-            time.sleep(args.unplug_s)
-            socat = Socat(args.socat, meter_path, host_path)
-            if not socat.wait_links(10):
-                log("socat did not come back: " + " | ".join(socat.log))
-                return 2
-            fd = os.open(meter_path, os.O_WRONLY | os.O_NOCTTY)
-            if not socat.transferring.wait(args.start_timeout_s):
-                log("the host did not reopen " + host_path)
+            if "reboot" in faults and slot == at["reboot"]:
+                # Down: no lines, no seq, no counter. Then a new boot.
+                before = time.monotonic()
+                last_seq = (meter.seq - 1) % 2**32
+                meter.reboot(200)
+                slot += reboot_slots
+                due = start + slot * period_ms / 1000.0
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+                if slot >= slots:
+                    break
+                write(hello_line(args.channels, args.rate))
+                boot_slot = slot
+                reboot_info.append({"slot": slot, "down_ms": reboot_slots * period_ms, "last_seq_before": last_seq,
+                                    "gap_slots": reboot_slots + 1, "wall_before_ms": (before - start) * 1000})
+                events.append("reboot")
+
+            if "unplug" in faults and slot == at["unplug"]:
+                time.sleep(0.5)  # let the host read what was written
+                os.close(fd)
                 socat.stop()
-                return 3
-            # The meter kept sampling while unplugged: those samples are lost.
-            resume = max(slot + unplug_slots, int(math.ceil((time.monotonic() - start) * 1000.0 / period_ms)))
-            while slot < resume and slot < slots:
-                s = meter.take(slot)
+                t_unplug = time.monotonic()
+                first_missed = slot
+                time.sleep(args.unplug_s)
+                socat = Socat(args.socat, meter_path, host_path)
+                if not socat.wait_links(10):
+                    log("socat did not come back: " + " | ".join(socat.log))
+                    return 2
+                fd = os.open(meter_path, os.O_WRONLY | os.O_NOCTTY)
+                if not socat.transferring.wait(args.start_timeout_s):
+                    log("the host did not reopen " + host_path)
+                    socat.stop()
+                    return 3
+                # The meter kept sampling while unplugged: those samples are lost.
+                resume = max(slot + unplug_slots, int(math.ceil((time.monotonic() - start) * 1000.0 / period_ms)))
+                while slot < resume and slot < slots:
+                    s = meter.take(slot)
+                    sent_seqs.append((s["boot"], s["seq"], False))
+                    slot += 1
+                unplug_info.append({"first_missed_slot": first_missed, "resume_slot": slot,
+                                    "wall_ms": (time.monotonic() - t_unplug) * 1000})
+                events.append("unplug")
+                if slot >= slots:
+                    break
+                due = start + slot * period_ms / 1000.0
+                now = time.monotonic()
+                if due > now:
+                    time.sleep(due - now)
+
+            if (slot - boot_slot) % hello_every == 0 and slot != boot_slot:
+                write(hello_line(args.channels, args.rate))
+
+            s = meter.take(slot)
+            other = min(1, args.channels - 1)  # the channel a broken sample breaks
+            if "garbage" in faults and slot == at["garbage"]:
+                write(bytes(rng.randrange(256) for _ in range(40)).replace(b"\n", b"?") + b"\xff\xfe garbage")
+                bad_lines += 1
+                events.append("garbage")
+            if "unknown" in faults and slot == at["unknown"]:
+                write('{"type":"diag","heap_free":123456,"uptime_s":42}')
+                deliver(s, sample_line(s, extra_top=',"temp_c":41.5', extra_ch=',"thd":0.031'))
+                events.append("unknown")
+            elif "error" in faults and slot == at["error"]:
+                write(f'{{"type":"error","t_ms":{s["t_ms"]},"node":2,"code":"ct_open","msg":"CT clamp not detected"}}')
+                deliver(s, sample_line(s))
+                events.append("error")
+            elif "malformed" in faults and slot == at["malformed"]:
+                line = sample_line(s)
+                write(line[: len(line) // 3])
                 sent_seqs.append((s["boot"], s["seq"], False))
-                slot += 1
-            unplug_info.append({"first_missed_slot": first_missed, "resume_slot": slot,
-                                "wall_ms": (time.monotonic() - t_unplug) * 1000})
-            events.append("unplug")
-            if slot >= slots:
-                break
-            due = start + slot * period_ms / 1000.0
-            now = time.monotonic()
-            if due > now:
-                time.sleep(due - now)
-
-        if (slot - boot_slot) % hello_every == 0 and slot != boot_slot:
-            write(hello_line(args.channels, args.rate))
-
-        s = meter.take(slot)
-        other = min(1, args.channels - 1)  # the channel a broken sample breaks
-        if "garbage" in faults and slot == at["garbage"]:
-            write(bytes(rng.randrange(256) for _ in range(40)).replace(b"\n", b"?") + b"\xff\xfe garbage")
-            bad_lines += 1
-            events.append("garbage")
-        if "unknown" in faults and slot == at["unknown"]:
-            write('{"type":"diag","heap_free":123456,"uptime_s":42}')
-            deliver(s, sample_line(s, extra_top=',"temp_c":41.5', extra_ch=',"thd":0.031'))
-            events.append("unknown")
-        elif "error" in faults and slot == at["error"]:
-            write(f'{{"type":"error","t_ms":{s["t_ms"]},"node":2,"code":"ct_open","msg":"CT clamp not detected"}}')
-            deliver(s, sample_line(s))
-            events.append("error")
-        elif "malformed" in faults and slot == at["malformed"]:
-            line = sample_line(s)
-            write(line[: len(line) // 3])
-            sent_seqs.append((s["boot"], s["seq"], False))
-            bad_lines += 1
-            events.append("malformed")
-        elif "nan" in faults and slot == at["nan"]:
-            write(sample_line(s, override=(other, "w", "NaN")))
-            sent_seqs.append((s["boot"], s["seq"], False))
-            bad_lines += 1
-            events.append("nan")
-        elif "wrong-type" in faults and slot == at["wrong-type"]:
-            write(sample_line(s, override=(other, "w", '"' + s["ch"][other]["w"] + '"')))
-            sent_seqs.append((s["boot"], s["seq"], True))
-            bad_lines += 1
-            events.append("wrong-type")
-        elif "negative" in faults and slot == at["negative"]:
-            write(sample_line(s, override=(0, "w", "-3.20")))
-            sent_seqs.append((s["boot"], s["seq"], True))
-            bad_lines += 1
-            events.append("negative")
-        elif "pf" in faults and slot == at["pf"]:
-            write(sample_line(s, override=(0, "pf", "1.25")))
-            sent_seqs.append((s["boot"], s["seq"], True))
-            bad_lines += 1
-            events.append("pf")
-        elif "seq-gap" in faults and at["seq-gap"] <= slot < at["seq-gap"] + 3:
-            sent_seqs.append((s["boot"], s["seq"], False))
-            if slot == at["seq-gap"]:
-                events.append("seq-gap")
-        elif "crlf" in faults and at["crlf"] <= slot < at["crlf"] + 5:
-            deliver(s, sample_line(s), end="\r\n")
-            if slot == at["crlf"]:
-                events.append("crlf")
-        else:
-            deliver(s, sample_line(s))
-        last_write_wall = time.monotonic()
-        slot += 1
+                bad_lines += 1
+                events.append("malformed")
+            elif "nan" in faults and slot == at["nan"]:
+                write(sample_line(s, override=(other, "w", "NaN")))
+                sent_seqs.append((s["boot"], s["seq"], False))
+                bad_lines += 1
+                events.append("nan")
+            elif "wrong-type" in faults and slot == at["wrong-type"]:
+                write(sample_line(s, override=(other, "w", '"' + s["ch"][other]["w"] + '"')))
+                sent_seqs.append((s["boot"], s["seq"], True))
+                bad_lines += 1
+                events.append("wrong-type")
+            elif "negative" in faults and slot == at["negative"]:
+                write(sample_line(s, override=(0, "w", "-3.20")))
+                sent_seqs.append((s["boot"], s["seq"], True))
+                bad_lines += 1
+                events.append("negative")
+            elif "pf" in faults and slot == at["pf"]:
+                write(sample_line(s, override=(0, "pf", "1.25")))
+                sent_seqs.append((s["boot"], s["seq"], True))
+                bad_lines += 1
+                events.append("pf")
+            elif "seq-gap" in faults and at["seq-gap"] <= slot < at["seq-gap"] + 3:
+                sent_seqs.append((s["boot"], s["seq"], False))
+                if slot == at["seq-gap"]:
+                    events.append("seq-gap")
+            elif "crlf" in faults and at["crlf"] <= slot < at["crlf"] + 5:
+                deliver(s, sample_line(s), end="\r\n")
+                if slot == at["crlf"]:
+                    events.append("crlf")
+            else:
+                deliver(s, sample_line(s))
+            last_write_wall = time.monotonic()
+            slot += 1
+    except HostGone:
+        pass
 
     # Ground truth.
     lost = 0

@@ -166,8 +166,8 @@ mod tests {
         assert!((e.queries_j + e.between_queries_j - e.total_j).abs() < 1e-9 * e.total_j);
         let net: f64 = recs[..3].iter().map(|r| r.energy_net_j.unwrap()).sum();
         let between_net = e.between_queries_j
-            - 30.0 * (e.duration_s - recs[..3].iter().map(|r| r.end_s - r.start_s).sum::<f64>()
-                + 2.0); // the 2 s when both queries run count once
+            - 30.0
+                * (e.duration_s - recs[..3].iter().map(|r| r.end_s - r.start_s).sum::<f64>() + 2.0); // the 2 s when both queries run count once
         assert!(
             (net + between_net - e.net_total_j.unwrap()).abs() < 1e-9 * e.total_j,
             "{net} + {between_net} vs {:?}",

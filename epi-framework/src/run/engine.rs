@@ -5,7 +5,7 @@
 use super::attribution::{self, RepetitionEnergy};
 use super::hardware::{self, HostHardware};
 use super::observe::{RunEvent, RunObserver};
-use super::recorder::{PowerRecorder, Recording, RecorderError};
+use super::recorder::{PowerRecorder, RecorderError, Recording};
 use super::report::{self, RepetitionReport, RunStatus};
 use super::{RunDir, RunOptions};
 use crate::backend::{BackendError, BackendInfo, InferenceBackend, ScoringMode};
@@ -74,6 +74,8 @@ pub struct RunOutcome {
     pub summary: Value,
     /// The median repetition, when one stands for the run.
     pub median: Option<RepetitionReport>,
+    /// Every repetition run (the last possibly cut short).
+    pub repetitions: Vec<RepetitionReport>,
     /// `benchmark.json`, when written.
     pub benchmark: Option<PathBuf>,
     /// The EPI result (`epi.json`), when written.
@@ -259,7 +261,9 @@ impl<'a> RunEngine<'a> {
                 }
                 Ok(Err(e)) => {
                     let kind = match &e {
-                        RecorderError::Power(PowerError::Config { .. }) => FailureKind::Configuration,
+                        RecorderError::Power(PowerError::Config { .. }) => {
+                            FailureKind::Configuration
+                        }
                         _ => FailureKind::Runtime,
                     };
                     state.fail(kind, e.to_string());
@@ -337,7 +341,14 @@ impl<'a> RunEngine<'a> {
         self.write_summary(&self.summary(&state, RunStatus::Running))?;
 
         let stopped = self
-            .measure(&mut state, &*backend, recorder.as_ref(), suites, &mut sink, &mut cancel)
+            .measure(
+                &mut state,
+                &*backend,
+                recorder.as_ref(),
+                suites,
+                &mut sink,
+                &mut cancel,
+            )
             .await;
         if let Err(stop) = stopped {
             state.stop(stop);
@@ -379,7 +390,11 @@ impl<'a> RunEngine<'a> {
             let phase = rec.map(|r| r.begin_phase("warmup"));
             let t0 = Instant::now();
             let r = self
-                .guarded(ev.warm_up(&items, o.warmup.queries, o.warmup.seconds), cancel, rec)
+                .guarded(
+                    ev.warm_up(&items, o.warmup.queries, o.warmup.seconds),
+                    cancel,
+                    rec,
+                )
                 .await;
             if let (Some(r), Some(i)) = (rec, phase) {
                 r.end_phase(i);
@@ -404,8 +419,12 @@ impl<'a> RunEngine<'a> {
             });
             let i = r.begin_phase("idle");
             let a = r.now_ms();
-            self.guarded(tokio::time::sleep(Duration::from_secs_f64(o.idle_s)), cancel, rec)
-                .await?;
+            self.guarded(
+                tokio::time::sleep(Duration::from_secs_f64(o.idle_s)),
+                cancel,
+                rec,
+            )
+            .await?;
             let b = r.now_ms();
             r.end_phase(i);
             self.guarded(r.wait_past(b, bracket_limit(r)), cancel, rec)
@@ -481,7 +500,10 @@ impl<'a> RunEngine<'a> {
             }
             if let Some(r) = rec {
                 // Samples after the window's end, so its last stretch is measured, not guessed.
-                if !self.guarded(r.wait_past(b, bracket_limit(r)), cancel, rec).await? {
+                if !self
+                    .guarded(r.wait_past(b, bracket_limit(r)), cancel, rec)
+                    .await?
+                {
                     self.event(RunEvent::Warning(format!(
                         "{}: no sample after the end of repetition {rep}: its last stretch is not covered",
                         r.key()
@@ -598,7 +620,9 @@ impl<'a> RunEngine<'a> {
                                     r.to_json(self.dir.epi())?;
                                     epi = Some(r);
                                 }
-                                Err(e) => self.event(RunEvent::Warning(format!("no EPI result: {e}"))),
+                                Err(e) => {
+                                    self.event(RunEvent::Warning(format!("no EPI result: {e}")))
+                                }
                             }
                         }
                     }
@@ -630,6 +654,7 @@ impl<'a> RunEngine<'a> {
             failure: state.failure,
             summary,
             median: median_rep,
+            repetitions: state.reps.clone(),
             benchmark,
             epi,
         })
@@ -655,16 +680,14 @@ impl<'a> RunEngine<'a> {
         }
         let info = state.backend.clone().unwrap_or_default();
         let labels = &self.options.labels;
-        let tokens = match mode {
-            ScoringMode::Generative => m.tokens_out,
-            ScoringMode::Loglikelihood => m.tokens_in,
-        };
+        let tokens = report::basis_tokens(m, mode);
         let mut extra = Map::new();
         extra.insert("run_id".into(), json!(self.options.eval.run_id));
         extra.insert("backend".into(), json!(info.backend));
         extra.insert("repetition".into(), json!(m.repetition));
         extra.insert("repetitions".into(), json!(self.options.repetitions));
         extra.insert("tokens_out".into(), json!(m.tokens_out));
+        extra.insert("tokens_cached".into(), json!(m.tokens_cached));
         if let Some(meth) = info.details.get("loglikelihood_method") {
             extra.insert("loglikelihood_method".into(), meth.clone());
         }
@@ -736,7 +759,38 @@ impl<'a> RunEngine<'a> {
         if let Some(w) = state.idle_watts {
             calc = calc.with_idle_watts(w);
         }
+        // EPT beside EPI, as `epi calculate` adds it (when the scorer is registered).
+        let registry = crate::registry::Registry::builtin();
+        if registry
+            .get(crate::registry::PluginKind::Scorer, "ept")
+            .is_ok()
+        {
+            calc = calc.with_extra_scorer("ept", registry.scorer("ept", &Value::Null)?);
+        }
         let mut r = calc.calculate(&trace, bench)?;
+        // The files it was computed from, as `epi calculate` records them (`epi validate` checks).
+        let mut digests = Map::new();
+        digests.insert(
+            "trace".into(),
+            json!(crate::result::file_digest(&self.dir.trace())?),
+        );
+        if trace.meta.is_some() {
+            let sidecar = crate::trace::TraceMeta::path_for(&self.dir.trace());
+            digests.insert(
+                "trace_meta".into(),
+                json!(crate::result::file_digest(&sidecar)?),
+            );
+        }
+        digests.insert(
+            "benchmark".into(),
+            json!(crate::result::file_digest(&self.dir.benchmark())?),
+        );
+        r.run_metadata
+            .extra
+            .insert("benchmark_file".into(), json!("benchmark.json"));
+        r.run_metadata
+            .extra
+            .insert(crate::result::INPUT_DIGESTS.into(), Value::Object(digests));
         if let Some(e) = &m.energy {
             let rel = (r.energy.total_joules - e.total_j).abs() / e.total_j.abs().max(1e-300);
             if rel > 1e-9 {
@@ -937,8 +991,15 @@ impl State {
             backend: None,
             power_info: None,
             hardware: (
-                o.labels.hardware.clone().unwrap_or_else(|| "unknown".into()),
-                if o.labels.hardware.is_some() { "user" } else { "unknown" },
+                o.labels
+                    .hardware
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+                if o.labels.hardware.is_some() {
+                    "user"
+                } else {
+                    "unknown"
+                },
             ),
             warmup: Value::Null,
             idle_run_ms: None,
@@ -962,7 +1023,9 @@ impl State {
     fn stop(&mut self, s: Stop) {
         match s {
             Stop::Cancelled => self.status = Some(RunStatus::Interrupted),
-            Stop::PowerLost(e) => self.fail(FailureKind::Runtime, format!("power source lost: {e}")),
+            Stop::PowerLost(e) => {
+                self.fail(FailureKind::Runtime, format!("power source lost: {e}"))
+            }
         }
     }
 }
@@ -981,7 +1044,11 @@ mod tests {
         ] {
             assert!(is_loopback_url(u), "{u}");
         }
-        for u in ["http://10.0.0.2:8080", "http://example.org", "http://127example.org"] {
+        for u in [
+            "http://10.0.0.2:8080",
+            "http://example.org",
+            "http://127example.org",
+        ] {
             assert!(!is_loopback_url(u), "{u}");
         }
     }

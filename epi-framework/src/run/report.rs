@@ -5,8 +5,9 @@
 //!
 //! **Token basis.** Generative scoring divides by the generated tokens (the paper's EPI).
 //! Log-likelihood scoring generates nothing useful (one throw-away token per scoring request),
-//! so its EPI divides by the **processed** (prompt) tokens and says `token_basis: processed`
-//! everywhere it appears.
+//! so its EPI divides by the **processed** tokens — the prompt tokens the engine evaluated
+//! (`tokens_in` less those served from its prefix cache, where the server says) — and says
+//! `token_basis: processed` everywhere it appears.
 
 use super::attribution::RepetitionEnergy;
 use crate::backend::ScoringMode;
@@ -52,6 +53,15 @@ pub fn token_basis(mode: ScoringMode) -> &'static str {
     match mode {
         ScoringMode::Generative => "generated",
         ScoringMode::Loglikelihood => "processed",
+    }
+}
+
+/// The token count EPI divides by: generated tokens, or the prompt tokens evaluated (those
+/// served from the prefix cache left out).
+pub fn basis_tokens(r: &RepetitionReport, mode: ScoringMode) -> u64 {
+    match mode {
+        ScoringMode::Generative => r.tokens_out,
+        ScoringMode::Loglikelihood => r.tokens_in.saturating_sub(r.tokens_cached),
     }
 }
 
@@ -109,6 +119,9 @@ pub struct RepetitionReport {
     pub tokens_in: u64,
     /// Generated tokens.
     pub tokens_out: u64,
+    /// Prompt tokens served from the server's prefix cache (where it says).
+    #[serde(default)]
+    pub tokens_cached: u64,
     /// Queries whose generated-token count is unknown.
     pub tokens_unknown: usize,
     /// First and last instants of its queries, s on the run clock.
@@ -153,7 +166,11 @@ pub fn suite_json(run: &SuiteRun, score: Option<&SuiteScore>) -> Value {
 }
 
 /// The report of one repetition's suite runs (scores only; energy added by [`with_energy`]).
-pub fn repetition_report(repetition: u32, runs: &[SuiteRun], planned_suites: usize) -> RepetitionReport {
+pub fn repetition_report(
+    repetition: u32,
+    runs: &[SuiteRun],
+    planned_suites: usize,
+) -> RepetitionReport {
     let mut r = RepetitionReport {
         repetition,
         finished: runs.len() == planned_suites && runs.iter().all(|x| x.done() == x.n_planned),
@@ -166,13 +183,17 @@ pub fn repetition_report(repetition: u32, runs: &[SuiteRun], planned_suites: usi
         accuracy_ci95: None,
         tokens_in: runs.iter().map(|x| x.tokens_in).sum(),
         tokens_out: runs.iter().map(|x| x.tokens_out).sum(),
+        tokens_cached: runs.iter().map(|x| x.cached_tokens).sum(),
         tokens_unknown: runs.iter().map(|x| x.tokens_unknown).sum(),
-        span_s: runs.iter().filter_map(|x| x.span_s).fold(None, |acc, (s, e)| {
-            Some(match acc {
-                None => (s, e),
-                Some((a, b)) => (f64::min(a, s), f64::max(b, e)),
-            })
-        }),
+        span_s: runs
+            .iter()
+            .filter_map(|x| x.span_s)
+            .fold(None, |acc, (s, e)| {
+                Some(match acc {
+                    None => (s, e),
+                    Some((a, b)) => (f64::min(a, s), f64::max(b, e)),
+                })
+            }),
         energy: None,
         metrics: None,
         suites: Vec::new(),
@@ -215,10 +236,7 @@ pub fn with_energy(
     records: &[QueryRecord],
 ) {
     let basis = token_basis(mode);
-    let tokens = match mode {
-        ScoringMode::Generative => r.tokens_out,
-        ScoringMode::Loglikelihood => r.tokens_in,
-    };
+    let tokens = basis_tokens(r, mode);
     let e = energy.total_j;
     let per_query: Vec<(f64, f64)> = records
         .iter()
@@ -232,7 +250,7 @@ pub fn with_energy(
             epi: jpt / a,
             epi_ci95: r
                 .accuracy_ci95
-                .and_then(|ci| metrics::epi_interval(e, energy_rel, tokens, ci).ok()),
+                .and_then(|ci| epi_interval(e, energy_rel, tokens, ci)),
             epi_net: energy
                 .net_total_j
                 .and_then(|n| metrics::epi(n, tokens, a).ok()),
@@ -249,6 +267,18 @@ pub fn with_energy(
         _ => None,
     };
     r.energy = Some(energy);
+}
+
+/// EPI's interval; when the accuracy interval reaches 0 the upper end is unbounded (infinite,
+/// written `null` in JSON) while the lower end still holds.
+fn epi_interval(e: f64, rel: f64, tokens: u64, ci: (f64, f64)) -> Option<(f64, f64)> {
+    match metrics::epi_interval(e, rel, tokens, ci) {
+        Ok(i) => Some(i),
+        Err(_) if ci.1 > 0.0 => metrics::joules_per_token(e, tokens)
+            .ok()
+            .map(|jpt| (jpt * (1.0 - rel) / ci.1, f64::INFINITY)),
+        Err(_) => None,
+    }
 }
 
 /// The median repetition among those that may stand for the run (finished, with a score): by
@@ -299,6 +329,7 @@ mod tests {
             accuracy_ci95: None,
             tokens_in: 0,
             tokens_out: 0,
+            tokens_cached: 0,
             tokens_unknown: 0,
             span_s: None,
             energy: None,
@@ -329,8 +360,16 @@ mod tests {
             rep(4, Some(0.1), 0.5, false),
         ];
         assert_eq!(median_repetition(&reps), Some(3));
-        assert_eq!(median_repetition(&reps[..2]), Some(2), "lower middle of two");
-        let no_energy = vec![rep(1, None, 0.7, true), rep(2, None, 0.6, true), rep(3, None, 0.9, true)];
+        assert_eq!(
+            median_repetition(&reps[..2]),
+            Some(2),
+            "lower middle of two"
+        );
+        let no_energy = vec![
+            rep(1, None, 0.7, true),
+            rep(2, None, 0.6, true),
+            rep(3, None, 0.9, true),
+        ];
         assert_eq!(median_repetition(&no_energy), Some(1));
         assert_eq!(median_repetition(&reps[3..]), None);
         assert_eq!(token_basis(ScoringMode::Loglikelihood), "processed");

@@ -9,6 +9,9 @@
 //! checked as in the full-file path); a window is at most a run long, so this path favours
 //! exactness over the full-file reader's speed.
 //!
+//! The window's `samples` are the rows its energy rests on: those inside it and the two that
+//! bracket it on each channel.
+//!
 //! Errors: the reader's (file, line, field), and a window that is empty, inverted or holds no
 //! samples.
 
@@ -91,8 +94,11 @@ pub fn summarize_window(
         pts.sort_by(|x, y| x.0.total_cmp(&y.0));
         let power: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
         let s = ChannelSeries::from_power(node, &power, gap_limit_ms);
-        let inside: Vec<&(f64, f64, Option<f64>)> =
-            pts.iter().filter(|p| p.0 >= a && p.0 <= b).collect();
+        // The samples the window's energy rests on: those inside it and the two that bracket it
+        // (the edges are interpolated between them).
+        let lo = pts.partition_point(|p| p.0 <= a).saturating_sub(1);
+        let hi = (pts.partition_point(|p| p.0 < b) + 1).min(pts.len());
+        let inside: Vec<&(f64, f64, Option<f64>)> = pts[lo..hi].iter().collect();
         if s.segments.iter().all(|g| g.t1 <= a || g.t0 >= b) && inside.is_empty() {
             continue; // the channel has nothing in the window
         }
@@ -132,7 +138,13 @@ pub fn summarize_window(
                 covered_ms: s.covered_between(a, b),
                 gaps: ch_gaps,
                 max_interval_ms: max_dt,
-                peak_watts: inside.iter().map(|p| p.1).fold(0.0, f64::max),
+                // Within the window: its samples and the power at its edges.
+                peak_watts: inside
+                    .iter()
+                    .filter(|p| p.0 >= a && p.0 <= b)
+                    .map(|p| p.1)
+                    .chain([power_at(&s, a), power_at(&s, b)].into_iter().flatten())
+                    .fold(0.0, f64::max),
                 counter_joules,
             },
         );
@@ -215,9 +227,14 @@ mod tests {
         let s = summarize_window(&p, (250.0, 1050.0), 5000.0, 10).unwrap();
         // Node 0: 12.5 → 20 W over 250..1000 (12.1875 J), 20 W over 1000..1050 (1 J);
         // node 1: 5 W × 0.8 s = 4 J.
-        assert!((s.total_joules() - 17.1875).abs() < 1e-12, "{}", s.total_joules());
+        assert!(
+            (s.total_joules() - 17.1875).abs() < 1e-12,
+            "{}",
+            s.total_joules()
+        );
         assert!((s.duration_seconds() - 0.8).abs() < 1e-12);
-        assert_eq!(s.samples, 1, "the row at 1000 (node 0)");
+        // Node 0: 0 and 2000 bracket, 1000 inside; node 1: 100 and 1100 bracket.
+        assert_eq!(s.samples, 5);
         assert_eq!(s.coverage(), 1.0);
         // The same as the run engine's attribution over the same series.
         let series = vec![
@@ -226,13 +243,15 @@ mod tests {
         ];
         let att = attribute(&series, &[(300.0, 400.0), (350.0, 600.0)], (250.0, 1050.0));
         assert!((att.total_j - s.total_joules()).abs() < 1e-12);
-        assert!(
-            (window_energy(&series, 250.0, 1050.0).joules - s.total_joules()).abs() < 1e-12
-        );
+        assert!((window_energy(&series, 250.0, 1050.0).joules - s.total_joules()).abs() < 1e-12);
         let s = summarize_window(&p, (0.0, 2000.0), 5000.0, 10).unwrap();
-        assert_eq!(s.samples, 5);
-        assert_eq!(s.channels[&1].samples, 2);
-        assert!(s.peak_watts > 24.9 && s.peak_watts <= 25.0, "{}", s.peak_watts);
+        assert_eq!(s.samples, 6);
+        assert_eq!(s.channels[&1].samples, 3);
+        assert!(
+            s.peak_watts > 24.9 && s.peak_watts <= 25.0,
+            "{}",
+            s.peak_watts
+        );
     }
 
     #[test]

@@ -112,9 +112,8 @@ impl CpuModel {
     fn cpu_seconds(&self) -> Result<f64, PowerError> {
         let root = &self.config.proc_root;
         if self.config.programs.is_empty() {
-            let stat = std::fs::read_to_string(root.join("stat")).map_err(|e| {
-                self.unavailable(format!("{}: {e}", root.join("stat").display()))
-            })?;
+            let stat = std::fs::read_to_string(root.join("stat"))
+                .map_err(|e| self.unavailable(format!("{}: {e}", root.join("stat").display())))?;
             let line = stat
                 .lines()
                 .find(|l| l.starts_with("cpu "))
@@ -195,7 +194,10 @@ impl PowerSource for CpuModel {
         let cpu = self.cpu_seconds()?;
         self.last = Some((clock.now().mono_ms, cpu));
         let mut details = Map::new();
-        details.insert("model".into(), json!("idle_watts + watts_per_core × busy cores"));
+        details.insert(
+            "model".into(),
+            json!("idle_watts + watts_per_core × busy cores"),
+        );
         details.insert("idle_watts".into(), json!(self.config.idle_watts));
         details.insert("watts_per_core".into(), json!(self.config.watts_per_core));
         details.insert(
@@ -203,7 +205,10 @@ impl PowerSource for CpuModel {
             if self.config.programs.is_empty() {
                 json!("the whole host (/proc/stat)")
             } else {
-                json!(format!("the process trees of {}", self.config.programs.join(", ")))
+                json!(format!(
+                    "the process trees of {}",
+                    self.config.programs.join(", ")
+                ))
             },
         );
         details.insert(
