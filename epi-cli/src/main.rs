@@ -39,9 +39,9 @@ enum Command {
     /// Watch a power source live (epi-meter, rapl, nvml, csv replay, orchestrator); record a trace.
     Monitor(commands::monitor::MonitorArgs),
     /// Run suites through a backend for accuracy alone (like lm-eval): records, summary, benchmark JSON.
-    Eval(commands::eval::EvalArgs),
+    Eval(Box<commands::eval::EvalArgs>),
     /// The measured run: a power source and a backend side by side, the paper's protocol, EPI.
-    Profile(commands::profile::ProfileArgs),
+    Profile(Box<commands::profile::ProfileArgs>),
     /// Benchmark data sets: fetch (download and verify) and list (what is found where).
     #[command(subcommand)]
     Datasets(commands::datasets::DatasetsCommand),

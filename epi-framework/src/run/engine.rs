@@ -196,7 +196,7 @@ impl<'a> RunEngine<'a> {
                             return Err(Stop::PowerLost(format!("{}: {e}", r.key())));
                         }
                         n += 1;
-                        if n % 2 == 0 {
+                        if n.is_multiple_of(2) {
                             let live = r.live();
                             self.observer.event(RunEvent::Power { watts: live.watts, joules: live.joules });
                         }

@@ -217,7 +217,9 @@ pub fn repetition_report(
     }
     if !r.scores.is_empty() {
         r.accuracy = metrics::composite_accuracy(&r.scores, None).ok();
-        let parts: Option<Vec<(f64, f64, (f64, f64))>> = r
+        // Equal weights: (weight, value, interval) per suite, when every suite has an interval.
+        type Part = (f64, f64, (f64, f64));
+        let parts: Option<Vec<Part>> = r
             .scores
             .iter()
             .map(|(k, v)| r.ci95.get(k).map(|ci| (1.0, *v, *ci)))

@@ -147,7 +147,7 @@ impl CpuModel {
         }
         let mut roots: BTreeSet<u32> = procs
             .iter()
-            .filter(|(_, p)| self.config.programs.iter().any(|n| *n == p.1))
+            .filter(|(_, p)| self.config.programs.contains(&p.1))
             .map(|(pid, _)| *pid)
             .collect();
         if roots.is_empty() {
