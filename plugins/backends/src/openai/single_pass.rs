@@ -109,7 +109,7 @@ pub(super) fn plan(held: &[u32], valid: usize, prompt: &[u32], min: usize, max: 
 
 impl OpenAiBackend {
     /// Evaluates `tokens` on the pinned slot without generating (`n_predict: 0`); returns the
-    /// tokens the server reused from the slot's cache.
+    /// tokens the server reused from the slot's cache (`u64::MAX` when the reply does not say).
     async fn evaluate_on_slot(
         &self,
         s: &Session,
@@ -126,14 +126,17 @@ impl OpenAiBackend {
         let (v, _) = self
             .post_json(s, "/completion", &body, Some(tokens.len() as u64))
             .await?;
-        let cached = cache_n(&v)?;
+        let cached = v
+            .pointer("/timings/cache_n")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::MAX);
         let counts = TopN {
             entries: Vec::new(),
             tokens_in: v
                 .get("tokens_evaluated")
                 .and_then(Value::as_u64)
                 .unwrap_or(tokens.len() as u64),
-            cached_tokens: Some(cached),
+            cached_tokens: (cached != u64::MAX).then_some(cached),
             tokens_out: 0,
             fidelity: Fidelity::Approximate,
             requests: 1,
@@ -150,7 +153,8 @@ impl OpenAiBackend {
         prompt: Vec<u32>,
     ) -> Result<TopN, BackendError> {
         let mut spent = Spent::default();
-        for attempt in 0..2 {
+        let mut retried = false;
+        loop {
             let (slot, p) = {
                 let st = lock(&sp.slot);
                 (st.id, plan(&st.held, st.valid, &prompt, sp.min, sp.max))
@@ -196,7 +200,8 @@ impl OpenAiBackend {
                 st.held = prompt.clone();
             }
             spent.add(&top);
-            if !planned && attempt == 0 {
+            if !planned && !retried {
+                retried = true;
                 continue;
             }
             top.fidelity = if !planned || !sp.trusted {
@@ -209,7 +214,6 @@ impl OpenAiBackend {
             spent.apply(&mut top);
             return Ok(top);
         }
-        unreachable!("the second attempt always returns")
     }
 
     /// Resets the pinned slot to a known state: it holds the one token `token`, evaluated alone.
@@ -251,6 +255,12 @@ impl OpenAiBackend {
         let id = lock(&sp.slot).id;
         let head = probe[..want - sp.min].to_vec();
         let (reused, _) = self.evaluate_on_slot(s, id, &head).await?;
+        if reused == u64::MAX {
+            return Ok(Err(
+                "no `timings.cache_n` in the /completion replies: the slot's cache cannot be followed"
+                    .into(),
+            ));
+        }
         if reused != 0 {
             return Ok(Err(format!(
                 "the pinned slot reused {reused} tokens after a reset (expected 0): a RAM prompt cache? \
@@ -353,19 +363,6 @@ impl Spent {
         top.tokens_in = self.tokens_in;
         top.cached_tokens = Some(self.cached);
     }
-}
-
-/// `timings.cache_n` of a `/completion` reply.
-fn cache_n(v: &Value) -> Result<u64, BackendError> {
-    v.pointer("/timings/cache_n")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| BackendError::BadReply {
-            backend: "openai".into(),
-            message:
-                "/completion: no `timings.cache_n` in the reply: the single-pass method needs it \
-                      (use top_n_mode = \"cached\" with this server)"
-                    .into(),
-        })
 }
 
 /// The slot state, also after a panic elsewhere (the state is re-planned from what it says).
