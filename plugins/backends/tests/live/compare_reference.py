@@ -17,6 +17,7 @@ not run by CI; see README.md here).
 Fails with a message naming the file and line on a record it cannot read.
 """
 import argparse
+import datetime
 import json
 import subprocess
 import sys
@@ -131,8 +132,27 @@ def compare(a):
                     n_exact += 1
                     if diff > dmax_exact:
                         dmax_exact, worst = diff, (key, i, lp, rv["logprobs"][i])
+        try:
+            with open(d + "/summary.json") as f:
+                summ = json.load(f)
+        except (OSError, ValueError):
+            summ = {"suites": []}
+        timing = {}
+        for st in summ.get("suites", []):
+            span = st.get("span_s") or [0, 0]
+            timing[st["suite"]] = (span[1] - span[0], st.get("items") or 0, st.get("requests"), st.get("inexact_items"))
         for s, (n, acc, an) in sorted(by.items()):
-            print("%s %s: n=%d acc=%.4f acc_norm=%.4f" % (d, s, n, acc / n, an / n))
+            secs, items, reqs, inexact = timing.get(s, (float("nan"), 0, None, None))
+            print("%s %s: n=%d acc=%.4f acc_norm=%.4f  %.1f s (%.2f s/item)  requests %s  inexact items %s" % (
+                d, s, n, acc / n, an / n, secs, secs / items if items else float("nan"), reqs, inexact))
+        details = summ.get("backend", {}).get("details", {})
+        duration = summ.get("duration_seconds")
+        if duration is None and summ.get("started_utc") and summ.get("ended_utc"):
+            t = [datetime.datetime.fromisoformat(summ[k].replace("Z", "+00:00")) for k in ("started_utc", "ended_utc")]
+            duration = (t[1] - t[0]).total_seconds()
+        print("%s: top_n_mode=%s reproducible=%s max_concurrency=%s duration %.1f s" % (
+            d, details.get("top_n_mode"), details.get("reproducible"), details.get("max_concurrency"),
+            duration if duration is not None else float("nan")))
         print("%s: max |lp - ref| over %d exact choices = %.6f (%s); over all %d = %.6f" % (
             d, n_exact, dmax_exact, worst, n_all, dmax_all))
         runs.append((d, pred))
