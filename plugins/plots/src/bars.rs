@@ -172,6 +172,8 @@ epi_framework::inventory::submit! {
 struct BarsFigure {
     title: String,
     subtitle: String,
+    /// `J/token`, or the unit of the results' token basis.
+    unit: String,
     bars: Vec<Bar>,
 }
 
@@ -179,6 +181,7 @@ impl Plot for BarsPlot {
     fn render(&self, input: &PlotInput, spec: &PlotSpec) -> Result<PlotReport, PlotError> {
         let options: BarsOptions = crate::render_options(KEY, &self.options, spec)?;
         let results = crate::results_input(KEY, input)?;
+        let unit = crate::per_token_unit(&crate::token_basis(KEY, results)?);
         let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let mut warnings = Vec::new();
         let kept: Vec<&EpiResult> = results
@@ -204,6 +207,7 @@ impl Plot for BarsPlot {
                 .clone()
                 .unwrap_or_else(|| "Energy Per Intelligence by Configuration".into()),
             subtitle: common.join(" · "),
+            unit,
             bars: bars(&kept, options.sort_by),
         };
         style::render(KEY, spec, &canvas, &pal, &fig)?;
@@ -255,7 +259,7 @@ impl Figure for BarsFigure {
         let axes = style::Axes {
             x: xr,
             y: yr,
-            x_desc: "EPI = (J/token) ÷ accuracy  (lower is better)",
+            x_desc: &format!("EPI = ({}) ÷ accuracy  (lower is better)", self.unit),
             y_desc: "",
             y_label_px: label_px.round() as i32,
             x_labels: true,

@@ -270,6 +270,8 @@ epi_framework::inventory::submit! {
 struct CurveFigure {
     title: String,
     subtitle: String,
+    /// `J/token`, or the unit of the results' token basis.
+    unit: String,
     x_param: String,
     series: Vec<Series>,
 }
@@ -284,6 +286,7 @@ impl Plot for CurvePlot {
             ));
         };
         let results = crate::results_input(KEY, input)?;
+        let unit = crate::per_token_unit(&crate::token_basis(KEY, results)?);
         let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let refs: Vec<&EpiResult> = results.iter().collect();
         let (series, warnings) = series(&refs, &x_param);
@@ -300,6 +303,7 @@ impl Plot for CurvePlot {
                 .clone()
                 .unwrap_or_else(|| format!("EPI vs {}", x_param.replace('_', " "))),
             subtitle: common.join(" · "),
+            unit,
             x_param,
             series,
         };
@@ -341,7 +345,7 @@ impl Figure for CurveFigure {
             x: xr,
             y: yr,
             x_desc: &self.x_param.replace('_', " "),
-            y_desc: "EPI = (J/token) ÷ accuracy  (lower is better)",
+            y_desc: &format!("EPI = ({}) ÷ accuracy  (lower is better)", self.unit),
             y_label_px: c.px(78.0),
             x_labels: true,
             y_labels: true,

@@ -122,6 +122,8 @@ struct Point {
 struct ParetoFigure {
     title: String,
     subtitle: String,
+    /// `J/token`, or the unit of the results' token basis.
+    unit: String,
     x_axis: XAxis,
     points: Vec<Point>,
     groups: Vec<String>,
@@ -131,6 +133,7 @@ impl Plot for ParetoPlot {
     fn render(&self, input: &PlotInput, spec: &PlotSpec) -> Result<PlotReport, PlotError> {
         let options: ParetoOptions = crate::render_options(KEY, &self.options, spec)?;
         let results = crate::results_input(KEY, input)?;
+        let unit = crate::per_token_unit(&crate::token_basis(KEY, results)?);
         let (canvas, pal) = style::canvas_and_palette(KEY, spec)?;
         let mut warnings = Vec::new();
         let mut kept: Vec<&EpiResult> = Vec::new();
@@ -190,6 +193,7 @@ impl Plot for ParetoPlot {
                 .clone()
                 .unwrap_or_else(|| "Accuracy vs Energy per Token".into()),
             subtitle: common.join(" · "),
+            unit,
             x_axis: options.x_axis,
             points,
             groups,
@@ -247,10 +251,8 @@ impl Figure for ParetoFigure {
         let max = |v: &[f64]| v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let xr = style::padded(min(&xs), max(&xs), 0.12);
         let yr = style::padded(min(&ys), max(&ys), 0.10);
-        let (acc_desc, jpt_desc) = (
-            "Composite accuracy  (higher is better)",
-            "Energy per token, J/token  (lower is better)",
-        );
+        let jpt = format!("Energy per token, {}  (lower is better)", self.unit);
+        let (acc_desc, jpt_desc) = ("Composite accuracy  (higher is better)", jpt.as_str());
         let (x_desc, y_desc) = match self.x_axis {
             XAxis::Accuracy => (acc_desc, jpt_desc),
             XAxis::JoulesPerToken => (jpt_desc, acc_desc),
