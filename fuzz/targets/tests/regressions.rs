@@ -2,7 +2,7 @@
 //! (minimised) input that showed it. Each was committed before its fix. The same inputs are also
 //! under `fuzz/regressions/<target>/`, which `replay.rs` runs.
 
-use epi_fuzz_targets::{orchestrator, trace_csv};
+use epi_fuzz_targets::{dllama_output, orchestrator, trace_csv};
 
 /// A row with a negative `wh` was taken as a counter restart, and the continuous energy counter
 /// went back (and below zero): the recorded trace was refused by the reader.
@@ -88,5 +88,14 @@ fn trace_window_reader_accepted_what_the_full_reader_refuses() {
     trace_csv::run(
         b"\x00timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,utc_ms,source_t_ms,energy_j\n\
           0,0,5,230,0.02,1,,,10\n100,0,6,230,0.02,1,,,9\n",
+    );
+}
+
+/// A v0.11 log whose `Generated tokens:` line came before its first token line: the token region
+/// ran backwards and slicing it panicked (found by the `dllama_output` fuzzer).
+#[test]
+fn dllama_output_summary_before_the_token_lines_panicked() {
+    dllama_output::run(
+        "Generated tokens: 0\n🔶 G 1 ms I 1 ms T 1 ms S 0 kB R 0 kB x\n".as_bytes(),
     );
 }
