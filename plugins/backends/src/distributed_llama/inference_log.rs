@@ -226,9 +226,10 @@ pub fn parse(output: &str) -> Result<InferenceLog, String> {
     // Where the summary starts, and where the token region ends.
     let (summary, region_end) = match format {
         LogFormat::V0_11 => {
-            let s = lines
-                .iter()
-                .rposition(|l| l.starts_with("Generated tokens:"))
+            // After the token lines, like the summary of the other formats.
+            let s = (first..lines.len())
+                .rev()
+                .find(|&i| lines[i].starts_with("Generated tokens:"))
                 .ok_or("no `Generated tokens:` summary (the run did not finish)")?;
             (s, s)
         }
