@@ -167,6 +167,9 @@ pub struct ResultRow {
     pub accuracy: f64,
     /// Tags, sorted.
     pub tags: Vec<String>,
+    /// The token count its EPI divides by (`generated`, `processed`): EPIs on different bases
+    /// are not comparable.
+    pub token_basis: String,
 }
 
 /// A stored result, whole.
@@ -217,7 +220,11 @@ impl std::fmt::Debug for ResultsDb {
 
 const ROW_COLUMNS: &str =
     "r.id, r.logged_utc, r.run_id, r.model, r.quantization, r.surgery, r.hardware, \
-     r.epi, r.joules_per_token, r.accuracy, '[]'";
+     r.epi, r.joules_per_token, r.accuracy, '[]', \
+     coalesce(json_extract(r.json, '$.energy.token_basis'), 'generated')";
+
+/// The token basis of a stored result, in SQL (results before `token_basis` were generated).
+const BASIS_SQL: &str = "coalesce(json_extract(r.json, '$.energy.token_basis'), 'generated')";
 
 impl ResultsDb {
     /// Opens the database at `path`, creating it if it does not exist and upgrading an older
@@ -480,7 +487,9 @@ impl ResultsDb {
         Ok(self.stored(sql, &[id.to_string()])?.into_iter().next())
     }
 
-    /// The result of `model` with the lowest EPI (the first logged among equals).
+    /// The result of `model` with the lowest EPI (the first logged among equals). With results on
+    /// several token bases this compares across them: ask [`ResultsDb::best_per_model`] for one
+    /// best per basis.
     pub fn best_epi(&self, model: &str) -> Result<Option<StoredResult>, Error> {
         let best = self.best_per_model(&ResultFilter::model(model))?;
         match best.first() {
@@ -490,13 +499,14 @@ impl ResultsDb {
     }
 
     /// For each model among the results `filter` selects, its result with the lowest EPI (the first
-    /// logged among equals); sorted by EPI.
+    /// logged among equals) — per token basis, since EPIs on different bases are not compared;
+    /// sorted by EPI.
     pub fn best_per_model(&self, filter: &ResultFilter) -> Result<Vec<ResultRow>, Error> {
         let (where_sql, values) = filter.to_sql();
         let sql = format!(
             "SELECT {ROW_COLUMNS} FROM results r WHERE r.id IN (
                 SELECT id FROM (
-                    SELECT r.id AS id, row_number() OVER (PARTITION BY r.model ORDER BY r.epi, r.id) AS rank
+                    SELECT r.id AS id, row_number() OVER (PARTITION BY r.model, {BASIS_SQL} ORDER BY r.epi, r.id) AS rank
                     FROM results r {where_sql}
                 ) WHERE rank = 1
              ) ORDER BY r.epi, r.id"
@@ -550,6 +560,7 @@ impl ResultsDb {
                         joules_per_token: r.get(8)?,
                         accuracy: r.get(9)?,
                         tags: Vec::new(),
+                        token_basis: r.get(11)?,
                     },
                     r.get::<_, String>(10)?,
                 ))

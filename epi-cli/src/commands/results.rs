@@ -197,6 +197,18 @@ fn best(ctx: &Context, a: &BestArgs) -> Result<ExitCode> {
     let path = a.db.path(ctx);
     let db = ResultsDb::open_existing(&path)?;
     match &a.model {
+        // Runs of the model on different token bases: one best per basis, never one across them.
+        Some(model) if db.best_per_model(&ResultFilter::model(model))?.len() > 1 => {
+            let rows = db.best_per_model(&ResultFilter::model(model))?;
+            if !a.json {
+                eprintln!(
+                    "note: `{model}` has results on different token bases; EPIs on different bases \
+                     are not comparable, so each basis has its own best"
+                );
+            }
+            print_rows(ctx, &rows, a.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(model) => match db.best_epi(model)? {
             Some(s) => {
                 if a.json {
@@ -204,7 +216,7 @@ fn best(ctx: &Context, a: &BestArgs) -> Result<ExitCode> {
                 } else {
                     let r = &s.result;
                     println!(
-                        "#{} {} · {} · {} · {}: EPI {} (J/token {}, accuracy {})",
+                        "#{} {} · {} · {} · {}: EPI {} (J/token {}, {} tokens, accuracy {})",
                         s.id,
                         r.model,
                         r.quantization,
@@ -212,6 +224,7 @@ fn best(ctx: &Context, a: &BestArgs) -> Result<ExitCode> {
                         r.hardware,
                         fmt_num(r.epi),
                         fmt_num(r.joules_per_token),
+                        r.energy.token_basis,
                         fmt_num(r.accuracy_composite)
                     );
                 }
@@ -300,10 +313,13 @@ fn print_rows(ctx: &Context, rows: &[ResultRow], json: bool) -> Result<()> {
         out.flush()?;
         return Ok(());
     }
+    // BASIS: the token count EPI and J/token divide by (`generated` or `processed`); EPIs on
+    // different bases are not comparable.
     let headers = [
-        "ID", "MODEL", "QUANT", "SURGERY", "HARDWARE", "EPI", "J/TOKEN", "ACCURACY", "TAGS",
+        "ID", "MODEL", "QUANT", "SURGERY", "HARDWARE", "EPI", "J/TOKEN", "BASIS", "ACCURACY",
+        "TAGS",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
             [
@@ -314,6 +330,7 @@ fn print_rows(ctx: &Context, rows: &[ResultRow], json: bool) -> Result<()> {
                 r.hardware.clone(),
                 fmt_num(r.epi),
                 fmt_num(r.joules_per_token),
+                r.token_basis.clone(),
                 fmt_num(r.accuracy),
                 r.tags.join(","),
             ]
@@ -328,7 +345,7 @@ fn print_rows(ctx: &Context, rows: &[ResultRow], json: bool) -> Result<()> {
     let line = |cols: &[String]| -> String {
         let mut s = String::new();
         for (i, (c, w)) in cols.iter().zip(widths.iter()).enumerate() {
-            let numeric = matches!(i, 0 | 5 | 6 | 7);
+            let numeric = matches!(i, 0 | 5 | 6 | 8);
             if i + 1 == cols.len() {
                 s.push_str(c);
             } else if numeric {
