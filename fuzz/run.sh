@@ -6,6 +6,7 @@
 #
 #   fuzz/run.sh                      # every target, 10 M executions or 30 min each
 #   SECONDS_EACH=120 fuzz/run.sh sse  # one target, two minutes
+#   FUZZ_ARGS=-max_len=16384 fuzz/run.sh trace_csv   # more libFuzzer options
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Fails (exit 1) when a
 # target crashes; the log names the input.
@@ -27,7 +28,7 @@ for t in "${targets[@]}"; do
   echo "== $t: up to $RUNS executions or $SECONDS_EACH s"
   if ! nice -n 19 cargo +nightly fuzz run --target-dir "$TARGET_DIR" "$t" -- \
       -runs="$RUNS" -max_total_time="$SECONDS_EACH" -rss_limit_mb=256 -malloc_limit_mb=256 \
-      -timeout=30 -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1; then
+      -timeout=30 -print_final_stats=1 ${FUZZ_ARGS:-} >"fuzz/logs/$t.log" 2>&1; then
     echo "!! $t failed: see fuzz/logs/$t.log"
     status=1
   fi

@@ -16,6 +16,23 @@ pub fn verbose(what: impl FnOnce() -> String) {
     }
 }
 
+/// Where scratch files go: `/dev/shm` where there is one (the recorder's `sync_all` costs nothing
+/// there, which makes the targets that record traces many times faster), else the temporary
+/// directory.
+fn scratch_dir() -> &'static PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = PathBuf::from("/dev/shm");
+        let probe = shm.join(format!("epi-fuzz-probe-{}", std::process::id()));
+        if std::fs::write(&probe, b"").is_ok() {
+            let _ = std::fs::remove_file(&probe);
+            shm
+        } else {
+            std::env::temp_dir()
+        }
+    })
+}
+
 /// A scratch file path for `what`, private to this process and thread (the caller removes it).
 pub fn scratch(what: &str) -> PathBuf {
     let thread = format!("{:?}", std::thread::current().id())

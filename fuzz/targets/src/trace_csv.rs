@@ -5,9 +5,10 @@
 //! and the cluster peak to 1e-9 of the watts summed at that instant.
 //!
 //! Input: one options byte, then the file's bytes. Options: bits 0–2 pick the gap limit; bit 3
-//! puts 128 KiB of blank lines before the data (less bits 4–7 × 512 bytes), so that lines are cut
-//! between the reader's 128 KiB positional reads. Files of more than one 4 KiB block are also read
-//! with several threads and small blocks, through reads and through a memory map.
+//! puts 128 KiB of blank lines before the data (less bits 6–7 × 2 KiB), so that lines are cut
+//! between the reader's 128 KiB positional reads. Each parser reads the file in one block with
+//! positional reads, and with a second setting picked by bits 4–5: one block through a memory map,
+//! or several threads with small blocks (4 KiB and up), through reads or a memory map.
 
 use crate::support::{close, ScratchFile};
 use epi_framework::error::{Error, InputError};
@@ -37,7 +38,7 @@ pub fn run(data: &[u8]) {
             None => return, // the padding would be part of the header
         };
         file.extend_from_slice(header);
-        let blank = READ_PIECE.saturating_sub(usize::from(opts >> 4) * 512 + header.len());
+        let blank = READ_PIECE.saturating_sub(usize::from(opts >> 6) * 2048 + header.len());
         file.resize(file.len() + blank, b'\n');
         file.extend_from_slice(rest);
     } else {
@@ -45,13 +46,23 @@ pub fn run(data: &[u8]) {
     }
     let f = ScratchFile::with("trace.csv", &file);
     let expected = oracle(&f.0, gap);
-    let one_block = file.len() <= 4096;
-    let mut settings: Vec<(usize, usize, bool)> = vec![(1, 1 << 30, false), (1, 1 << 30, true)];
-    if padded {
-        settings.push((2, 1 << 16, false));
-    } else if !one_block {
-        settings.extend([(2, 4096, false), (3, 4096, true), (2, 5000, false)]);
-    }
+    // (threads, block bytes, memory map): the plain one-block read, and one more.
+    let more: [(usize, usize, bool); 4] = if padded {
+        [
+            (1, 1 << 30, true),
+            (2, 1 << 16, false),
+            (3, 1 << 15, true),
+            (2, 100_000, false),
+        ]
+    } else {
+        [
+            (1, 1 << 30, true),
+            (2, 4096, false),
+            (3, 4096, true),
+            (2, 5000, false),
+        ]
+    };
+    let settings = [(1, 1 << 30, false), more[usize::from((opts >> 4) & 3)]];
     for parser in LineParser::ALL {
         if !available(parser) {
             continue;

@@ -28,9 +28,9 @@ fn orchestrator_negative_or_infinite_volts_and_amps_reached_the_trace() {
     orchestrator::run(b"\x02R,1,1000,0,5,121.3,1e999,N,N,N,N\n");
 }
 
-/// A trace with an energy counter column, one node, rows `(counter)` from `counters`, padded so that
-/// the rows from `cut` on start after the first 4 KiB block (the trace_csv target's input: an
-/// options byte, then the file).
+/// A trace with an energy counter column and one node: a rising counter, the rows `before` at the
+/// end of the first 4 KiB block, then (after blank lines) the rows `after` in the second block, as
+/// the trace_csv target's input (an options byte, then the file).
 fn counter_trace(before: &[Option<f64>], after: &[Option<f64>]) -> Vec<u8> {
     let mut s = String::from(
         "timestamp_ms,node_id,watts_rms,volts_rms,amps_rms,power_factor,utc_ms,source_t_ms,energy_j\n",
@@ -70,10 +70,18 @@ fn counter_trace(before: &[Option<f64>], after: &[Option<f64>]) -> Vec<u8> {
 /// when a block boundary lay between them. Every reading of a file must give the same answer.
 #[test]
 fn trace_energy_counter_check_depended_on_block_boundaries() {
-    // A decrease on the first row of a block, a row without a counter later in it.
-    trace_csv::run(&counter_trace(&[Some(500.0)], &[Some(50.0), None]));
-    // A row without a counter, then a decrease in the next block.
-    trace_csv::run(&counter_trace(&[None], &[Some(200.0), Some(150.0)]));
+    // Each input with each second read setting (options bits 4–5; 0x10: two threads, 4 KiB
+    // blocks).
+    for setting in [0x00, 0x10, 0x20, 0x30] {
+        // A decrease on the first row of a block, a row without a counter later in it.
+        let mut input = counter_trace(&[Some(500.0)], &[Some(50.0), None]);
+        input[0] = setting;
+        trace_csv::run(&input);
+        // A row without a counter, then a decrease in the next block.
+        let mut input = counter_trace(&[None], &[Some(200.0), Some(150.0)]);
+        input[0] = setting;
+        trace_csv::run(&input);
+    }
 }
 
 /// The windowed trace reader (`summarize_window`, used when a benchmark names its energy window)
@@ -95,7 +103,5 @@ fn trace_window_reader_accepted_what_the_full_reader_refuses() {
 /// ran backwards and slicing it panicked (found by the `dllama_output` fuzzer).
 #[test]
 fn dllama_output_summary_before_the_token_lines_panicked() {
-    dllama_output::run(
-        "Generated tokens: 0\n🔶 G 1 ms I 1 ms T 1 ms S 0 kB R 0 kB x\n".as_bytes(),
-    );
+    dllama_output::run("Generated tokens: 0\n🔶 G 1 ms I 1 ms T 1 ms S 0 kB R 0 kB x\n".as_bytes());
 }
