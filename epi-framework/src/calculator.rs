@@ -468,14 +468,9 @@ fn label_overrides(
     out
 }
 
-/// Wilson 95 % score interval of a proportion `p` over `n` items.
+/// Wilson 95 % score interval of a proportion `p` over `n` items ([`metrics::wilson_ci95`]).
 pub fn wilson95(p: f64, n: u64) -> (f64, f64) {
-    let z = 1.959_963_984_540_054_f64;
-    let n = n as f64;
-    let denom = 1.0 + z * z / n;
-    let centre = (p + z * z / (2.0 * n)) / denom;
-    let half = z * ((p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt()) / denom;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
+    metrics::wilson_ci95(p, n as f64)
 }
 
 #[cfg(test)]

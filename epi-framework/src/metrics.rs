@@ -166,6 +166,31 @@ pub fn epi_interval(
     ))
 }
 
+/// Wilson 95 % score interval of a proportion `p` observed over `n` items (`n` may be an effective
+/// size, such as Kish's for a weighted mean). Unlike a bootstrap or normal interval it does not
+/// collapse at 0 or 1: 0 correct of 6 gives [0, 0.39], not [0, 0].
+pub fn wilson_ci95(p: f64, n: f64) -> (f64, f64) {
+    if !(n > 0.0 && p.is_finite()) {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * ((p * (1.0 - p) / n + z * z / (4.0 * n * n)).max(0.0).sqrt()) / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Kish's effective sample size of weights `w`: (Σw)² / Σw² (n for equal weights).
+pub fn effective_n(w: &[f64]) -> f64 {
+    let s: f64 = w.iter().sum();
+    let s2: f64 = w.iter().map(|x| x * x).sum();
+    if s2 > 0.0 {
+        s * s / s2
+    } else {
+        0.0
+    }
+}
+
 /// 95 % percentile-bootstrap interval of the mean of `values` (`iterations` resamples, a fixed
 /// `seed` so the same data gives the same interval).
 pub fn bootstrap_mean_ci95(values: &[f64], iterations: usize, seed: u64) -> Option<(f64, f64)> {
@@ -262,6 +287,22 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wilson_does_not_collapse_at_zero_or_all() {
+        let (lo, hi) = wilson_ci95(0.0, 6.0);
+        assert!(lo.abs() < 1e-12, "{lo}");
+        assert!((hi - 0.390).abs() < 1e-3, "{hi}");
+        let (lo, hi) = wilson_ci95(1.0, 6.0);
+        assert!((lo - 0.610).abs() < 1e-3 && hi == 1.0, "{lo} {hi}");
+        // Symmetric in p ↔ 1 − p, inside [0, 1], narrowing with n.
+        let (a, b) = wilson_ci95(0.3, 50.0);
+        let (c, d) = wilson_ci95(0.7, 50.0);
+        assert!((a - (1.0 - d)).abs() < 1e-12 && (b - (1.0 - c)).abs() < 1e-12);
+        assert!(wilson_ci95(0.3, 500.0).1 - wilson_ci95(0.3, 500.0).0 < b - a);
+        assert_eq!(effective_n(&[1.0, 1.0, 1.0]), 3.0);
+        assert!((effective_n(&[3.0, 1.0]) - 1.6).abs() < 1e-12);
+    }
 
     #[test]
     fn epi_is_joules_per_token_over_accuracy() {

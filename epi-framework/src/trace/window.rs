@@ -94,6 +94,13 @@ pub fn summarize_window(
         pts.sort_by(|x, y| x.0.total_cmp(&y.0));
         let power: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
         let s = ChannelSeries::from_power(node, &power, gap_limit_ms);
+        // A channel whose samples all lie before or after the window gives it nothing.
+        let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+            continue;
+        };
+        if last.0 < a || first.0 > b {
+            continue;
+        }
         // The samples the window's energy rests on: those inside it and the two that bracket it
         // (the edges are interpolated between them).
         let lo = pts.partition_point(|p| p.0 <= a).saturating_sub(1);

@@ -4,7 +4,7 @@
 use crate::fewshot::Planned;
 use epi_framework::backend::ScoringMode;
 use epi_framework::generative::{GenerativeForm, LetteredQuestion};
-use epi_framework::metrics::bootstrap_mean_ci95;
+use epi_framework::metrics::wilson_ci95;
 use epi_framework::suite::{ItemOutcome, MetricValue, SuiteItem, SuiteScore};
 use std::collections::BTreeMap;
 
@@ -13,12 +13,6 @@ pub const TARGET_DELIMITER: &str = " ";
 
 /// lm-eval's `fewshot_delimiter`: put after each few-shot example.
 pub const FEWSHOT_DELIMITER: &str = "\n\n";
-
-/// Bootstrap resamples per interval.
-pub const BOOTSTRAP_ITERATIONS: usize = 10_000;
-
-/// Bootstrap seed (fixed, so the same outcomes give the same interval).
-pub const BOOTSTRAP_SEED: u64 = 1234;
 
 /// A document as the task template renders it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,14 +96,19 @@ pub fn correct(o: &ItemOutcome, normalised: bool) -> f64 {
     }
 }
 
-/// The mean of `values` with its 95 % bootstrap interval; `None` for no values.
+/// The share of correct items (`values` are 0 or 1) with its 95 % Wilson score interval (it does
+/// not collapse at 0 or all correct, as a bootstrap does); `None` for no values.
 pub fn mean_metric(values: &[f64], label: String) -> Option<MetricValue> {
     if values.is_empty() {
         return None;
     }
     let value = values.iter().sum::<f64>() / values.len() as f64;
-    let ci95 = bootstrap_mean_ci95(values, BOOTSTRAP_ITERATIONS, BOOTSTRAP_SEED);
-    Some(MetricValue { value, ci95, label })
+    let ci95 = Some(wilson_ci95(value, values.len() as f64));
+    Some(MetricValue {
+        value,
+        ci95,
+        label: format!("{label}; 95 % Wilson score interval"),
+    })
 }
 
 /// The names and labels of `acc` and, in log-likelihood mode, `acc_norm` for a suite whose

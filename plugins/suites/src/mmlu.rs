@@ -16,7 +16,7 @@ use crate::pystr::strip;
 use epi_framework::backend::ScoringMode;
 use epi_framework::error::{InputError, Location};
 use epi_framework::generative::LetteredQuestion;
-use epi_framework::metrics::bootstrap_mean_ci95;
+use epi_framework::metrics::{effective_n, wilson_ci95};
 use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
 use epi_framework::suite::{
     ItemOutcome, MetricValue, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore,
@@ -499,26 +499,24 @@ impl Suite for Mmlu {
         }
         let mut metrics = BTreeMap::new();
         if !subject_means.is_empty() {
-            // The mean of the subject means equals the mean over items of value · N / (S · n_s);
-            // resampling items with those weights gives its interval.
-            let n = outcomes.len() as f64;
+            // The mean of the subject means is a weighted share of correct items (each item
+            // weighs 1 / (S · n_s)): its Wilson interval over Kish's effective number of items,
+            // which does not collapse at 0 or all correct.
             let s = by_subject.len() as f64;
-            let scaled: Vec<f64> = by_subject
+            let weights: Vec<f64> = by_subject
                 .values()
-                .flat_map(|v| {
-                    let w = n / (s * v.len() as f64);
-                    v.iter().map(move |x| x * w)
-                })
+                .flat_map(|v| std::iter::repeat_n(1.0 / (s * v.len() as f64), v.len()))
                 .collect();
-            let ci95 = bootstrap_mean_ci95(&scaled, mc::BOOTSTRAP_ITERATIONS, mc::BOOTSTRAP_SEED)
-                .map(|(lo, hi)| (lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)));
+            let value = subject_means.iter().sum::<f64>() / subject_means.len() as f64;
+            let ci95 = Some(wilson_ci95(value, effective_n(&weights)));
             metrics.insert(
                 "acc".to_string(),
                 MetricValue {
-                    value: subject_means.iter().sum::<f64>() / subject_means.len() as f64,
+                    value,
                     ci95,
                     label: format!(
-                        "unweighted mean of {} subject accuracies (Open LLM Leaderboard v1){generative}",
+                        "unweighted mean of {} subject accuracies (Open LLM Leaderboard v1){generative}; \
+                         95 % Wilson score interval over Kish's effective number of items",
                         subject_means.len()
                     ),
                 },
