@@ -274,7 +274,8 @@ fn a_profile_validates_adds_up_and_equals_the_meters_ground_truth() {
     assert_eq!(epi_json["energy"]["token_basis"], "processed");
     assert_eq!(epi_json["energy"]["method"], "counter");
     check_ground_truth(&run, &truth, window, attributed);
-    let v = epi(d, &["validate", "--submission", run.to_str().unwrap()]);
+    // `epi validate <run dir>`, as the issue writes it.
+    let v = epi(d, &["validate", run.to_str().unwrap()]);
     assert_eq!(v.status.code(), Some(0), "{}{}", stdout(&v), stderr(&v));
 
     // Everything outside the measured windows is marked in the sidecar.

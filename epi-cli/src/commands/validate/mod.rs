@@ -31,9 +31,12 @@ use std::process::ExitCode;
 /// Options of `epi validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The submission directory.
-    #[arg(long, value_name = "DIR")]
-    pub submission: PathBuf,
+    /// The submission directory (an `epi profile` run directory is one).
+    #[arg(long = "submission", value_name = "DIR", required_unless_present = "dir")]
+    pub submission_flag: Option<PathBuf>,
+    /// The submission directory, given without `--submission` (`epi validate runs/<run-id>`).
+    #[arg(value_name = "DIR", conflicts_with = "submission_flag")]
+    pub dir: Option<PathBuf>,
     /// Relative tolerance when comparing the submitted numbers with the recomputed ones
     /// (counts, strings and digests must agree exactly).
     #[arg(long, default_value_t = 1e-3, value_name = "REL")]
@@ -175,13 +178,19 @@ pub fn checks(ctx: &Context, a: &ValidateArgs) -> Report {
             detail,
         });
     };
-    let files = match find_files(&a.submission) {
+    let submission = a
+        .submission_flag
+        .as_ref()
+        .or(a.dir.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let files = match find_files(&submission) {
         Ok(f) => f,
         Err(e) => {
             push(
                 &mut report,
                 "Submission directory",
-                Err(format!("{}: {e}", a.submission.display())),
+                Err(format!("{}: {e}", submission.display())),
             );
             return report;
         }
