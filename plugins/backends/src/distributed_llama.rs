@@ -346,6 +346,25 @@ impl DllamaBackend {
         })
     }
 
+    /// dllama-api evaluates at most `max_seq_len` prompt positions and then generates nothing:
+    /// a prompt that did not fit gets an empty reply and no error. Its usage still counts the
+    /// whole prompt, so such a reply is turned into an error (a failed item, never a silent wrong
+    /// answer).
+    fn check_fits(&self, r: GenerateResponse) -> Result<GenerateResponse, BackendError> {
+        match r.tokens_in {
+            Some(n) if n > u64::from(self.config.max_seq_len) => Err(BackendError::BadReply {
+                backend: KEY.into(),
+                message: format!(
+                    "the prompt is {n} tokens, more than max_seq_len {}: dllama-api cut it and \
+                     generated nothing; raise `max_seq_len` (the model's own limit permitting) or \
+                     send fewer few-shot examples",
+                    self.config.max_seq_len
+                ),
+            }),
+            _ => Ok(r),
+        }
+    }
+
     /// Adds what is known about a dead root to an error.
     fn explain(&self, e: BackendError) -> BackendError {
         match (&e, &self.root) {
@@ -427,7 +446,8 @@ impl InferenceBackend for DllamaBackend {
                     .client
                     .as_ref()
                     .ok_or_else(|| self.setup("the backend was not started".into()))?;
-                c.generate(request).await.map_err(|e| self.explain(e))
+                let r = c.generate(request).await.map_err(|e| self.explain(e))?;
+                self.check_fits(r)
             }
             DllamaMode::Inference => {
                 if request.chat {

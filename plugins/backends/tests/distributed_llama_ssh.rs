@@ -652,6 +652,25 @@ async fn the_real_engine_starts_over_ssh_without_its_unflushed_ready_line() {
     assert!(c.none_left_soon(), "left running: {}", c.processes());
 }
 
+/// dllama-api evaluates at most `max_seq_len` positions of a longer prompt and then generates
+/// nothing, without an error: the backend makes it one.
+#[tokio::test]
+async fn a_prompt_longer_than_the_real_sequence_is_an_error_not_an_empty_answer() {
+    let Some(c) = RealCluster::new() else { return };
+    let mut b = DllamaBackend::new(c.config(free_port(), json!({"max_seq_len": 64}))).unwrap();
+    b.start().await.unwrap();
+    let mut q = question();
+    q.prompt = "Plants take in carbon dioxide and give off oxygen. ".repeat(8) + &q.prompt;
+    let e = b.generate(&q).await.unwrap_err();
+    assert!(matches!(e, BackendError::BadReply { .. }), "{e}");
+    assert!(e.to_string().contains("more than max_seq_len 64"), "{e}");
+    // A prompt that fits is answered.
+    let r = b.generate(&question()).await.unwrap();
+    assert!(r.tokens_in.unwrap() <= 64);
+    b.stop().await.unwrap();
+    assert!(c.none_left_soon(), "left running: {}", c.processes());
+}
+
 #[tokio::test]
 async fn the_real_engine_in_inference_mode_stops_at_max_tokens() {
     let Some(c) = RealCluster::new() else { return };
