@@ -6,13 +6,15 @@
 //! readable). The engine comes from `EPI_DLLAMA_DIR` (`.ci/prepare-engines`); without it the tests
 //! skip, and fail when `EPI_REQUIRE_SYSTEM_TOOLS` is set.
 //!
-//! Not here yet: `epi profile` with the emulated meter against the real engine (the command does
-//! not exist yet; the lead adds that test).
+//! And `epi profile` with the epi-meter emulator on a pty against the real engine: the hardware
+//! label read over SSH, the trace's phases, energy that adds up, a run that validates.
 //!
 //! The tests print what they measured (seconds per item, replies parsed, the answer letters) on
 //! stderr: `cargo test -p epi-cli --test e2e dllama_real -- --nocapture`.
 
-use crate::support::{epi_bin, have_tool, repo_root, stderr, stdout, wait_for};
+use crate::support::{
+    epi, epi_bin, have_python, have_tool, repo_root, stderr, stdout, wait_for, Emulator,
+};
 use epi_framework::records::{
     read_arrow_records, read_jsonl_records, QueryRecord, RECORDS_ARROW, RECORDS_JSONL,
 };
@@ -333,6 +335,111 @@ fn a_zero_shot_run_is_labelled_0shot() {
         b.benchmarks.keys().collect::<Vec<_>>(),
         ["arc_challenge_0shot"]
     );
+    node.wait_none_left();
+}
+
+/// `epi profile` against the real engine, with the emulated meter on a real pty: the run's
+/// hardware label is read on the node over SSH, the trace marks start-up / warm-up / idle /
+/// measured, the queries' energies add up to the repetition's, and the run validates when the
+/// model got at least one answer right (EPI needs an accuracy above 0; this 135M model is near
+/// chance).
+#[test]
+fn profile_with_an_emulated_meter_against_the_real_engine() {
+    if !have_tool("socat") || !have_python() {
+        return;
+    }
+    let Some(node) = Node::new() else { return };
+    let emu = Emulator::start(
+        node.dir.path(),
+        &[
+            "--until-signal",
+            "--duration",
+            "3600",
+            "--faults",
+            "none",
+            "--t0-ms",
+            "1000",
+            "--seq0",
+            "0",
+            "--linger-s",
+            "5",
+        ],
+    );
+    let out = node.dir.path().join("run");
+    let mut args = node.args(
+        &out,
+        &[
+            "--power",
+            "epi-meter",
+            "--port",
+            emu.port.to_str().unwrap(),
+            "--suite",
+            "mmlu",
+            "-S",
+            "mmlu.subjects=[\"abstract_algebra\"]",
+            "--num-fewshot",
+            "0",
+            "--limit",
+            "3",
+            "--warmup",
+            "0",
+            "--warmup-queries",
+            "1",
+            "--idle",
+            "1",
+            "--repetitions",
+            "1",
+        ],
+    );
+    args[0] = "profile".into();
+    let o = Command::new(epi_bin())
+        .args(&args)
+        .current_dir(node.dir.path())
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", node.dir.path().join(".no-user-config"))
+        .output()
+        .expect("run epi");
+    drop(emu);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let s = summary(&out);
+    assert_eq!(s["status"], "complete");
+    assert_eq!(s["scoring_mode"], "generative");
+    assert_eq!(s["token_basis"], "generated");
+    assert_eq!(s["labels"]["hardware_source"], "detected");
+    let hw = s["labels"]["hardware"].as_str().unwrap();
+    assert!(
+        hw.ends_with("(distributed-llama)") && hw.contains("cores"),
+        "{hw}"
+    );
+    let meta = epi_framework::trace::TraceMeta::read_for(&out.join("power_trace.csv"))
+        .unwrap()
+        .unwrap();
+    let phases: Vec<&str> = meta.extra["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["backend-start", "warmup", "idle", "measured-1"]);
+    let rep = &s["repetitions"][0]["energy"];
+    let recs = records(&out);
+    let sum: f64 = recs.iter().map(|r| r.energy_j.unwrap()).sum();
+    let total = rep["total_j"].as_f64().unwrap();
+    assert!(
+        ((sum + rep["between_queries_j"].as_f64().unwrap()) - total).abs() < 1e-9 * total,
+        "{sum} + between vs {total}"
+    );
+    let accuracy = s["repetitions"][0]["accuracy"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "profile, real engine: {} queries, {total:.3} J, accuracy {accuracy}",
+        recs.len()
+    );
+    if accuracy > 0.0 {
+        let v = epi(node.dir.path(), &["validate", out.to_str().unwrap()]);
+        assert_eq!(v.status.code(), Some(0), "{}{}", stdout(&v), stderr(&v));
+    } else {
+        assert!(!out.join("epi.json").exists(), "no EPI without an accuracy");
+    }
     node.wait_none_left();
 }
 

@@ -165,6 +165,28 @@ impl DllamaBackend {
         Ok(())
     }
 
+    /// Each node's hardware, read over its SSH session with
+    /// [`epi_framework::run::hardware::DETECT_SCRIPT`]; a host that cannot be read gives an entry
+    /// with nothing known (the label then says less, never something assumed).
+    async fn detect_hardware(&self) -> Vec<Value> {
+        use epi_framework::run::hardware::{HostHardware, DETECT_SCRIPT};
+        let mut by_host: std::collections::BTreeMap<String, Value> = Default::default();
+        for (host, s) in &self.sessions {
+            let h = match s
+                .run(&["sh", "-c", DETECT_SCRIPT], Duration::from_secs(30))
+                .await
+            {
+                Ok(out) => HostHardware::parse(&out.stdout_text()),
+                Err(_) => HostHardware::default(),
+            };
+            by_host.insert(host.clone(), serde_json::to_value(h).unwrap_or(Value::Null));
+        }
+        self.nodes
+            .iter()
+            .map(|n| by_host.get(&n.host).cloned().unwrap_or(Value::Null))
+            .collect()
+    }
+
     fn grace(&self) -> Duration {
         Duration::from_secs_f64(self.config.stop_grace_s)
     }
@@ -260,6 +282,12 @@ impl DllamaBackend {
             serde_json::to_value(self.config.mode).unwrap_or(Value::Null),
         );
         details.insert("nodes".into(), json!(self.nodes.len()));
+        // What every node runs on, read there (CPU, cores, memory, accelerators): the run's
+        // hardware label is composed from it, never assumed.
+        details.insert(
+            "hosts_hardware".into(),
+            Value::Array(self.detect_hardware().await),
+        );
         details.insert("layout".into(), Value::Array(layout));
         details.insert("nthreads".into(), json!(self.config.nthreads));
         details.insert(
