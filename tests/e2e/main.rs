@@ -6,6 +6,7 @@ mod datasets;
 mod dllama_real;
 mod dynamic_plugin;
 mod eval;
+mod faults;
 mod monitor;
 mod plots;
 mod profile;
