@@ -61,7 +61,8 @@ pub struct ProfileArgs {
     /// Idle baseline before the measured part, s (default 30; 0: none).
     #[arg(long, value_name = "SECS")]
     pub idle: Option<f64>,
-    /// Seconds the power source has to deliver its first samples (default 10).
+    /// Seconds the power source has to deliver its first samples, and the longest it may then
+    /// stay silent: a stalled or unplugged meter stops the run (default 10).
     #[arg(long, value_name = "SECS")]
     pub first_sample_timeout: Option<f64>,
     /// Samples of a channel further apart than this are a gap, ms (default: configuration, 1000).

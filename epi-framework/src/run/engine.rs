@@ -429,6 +429,7 @@ impl<'a> RunEngine<'a> {
             r.end_phase(i);
             self.guarded(r.wait_past(b, bracket_limit(r)), cancel, rec)
                 .await?;
+            power_lost(r)?;
             state.idle_run_ms = Some((a, b));
         }
 
@@ -504,6 +505,8 @@ impl<'a> RunEngine<'a> {
                     .guarded(r.wait_past(b, bracket_limit(r)), cancel, rec)
                     .await?
                 {
+                    // It may have stopped since the last check (a stalled source, a full disk).
+                    power_lost(r)?;
                     self.event(RunEvent::Warning(format!(
                         "{}: no sample after the end of repetition {rep}: its last stretch is not covered",
                         r.key()
@@ -531,10 +534,14 @@ impl<'a> RunEngine<'a> {
         sink.finish()?;
         let mut recording: Option<Recording> = None;
         if let Some(mut r) = recorder {
+            let key = r.key().to_string();
             match r.stop().await {
                 Ok(rec) => {
                     if let Some(e) = &rec.error {
                         self.log(&format!("power source stopped with: {e}"));
+                    }
+                    if let Some(w) = source_trouble(&key, &rec.meta, &self.dir.trace()) {
+                        self.event(RunEvent::Warning(w));
                     }
                     recording = Some(rec)
                 }
@@ -593,9 +600,14 @@ impl<'a> RunEngine<'a> {
             None if state.failure.is_some() => RunStatus::Failed,
             None if reps.iter().any(|r| !r.finished) => RunStatus::Incomplete,
             None if failed > 0 && !self.options.allow_failures => {
+                let first = records
+                    .iter()
+                    .find_map(|r| Some(format!("{} {}: {}", r.suite, r.doc_id, r.error.as_ref()?)))
+                    .map(|f| format!("the first: {f}; "))
+                    .unwrap_or_default();
                 state.error = Some(format!(
-                    "{failed} quer{} failed (see the records' `error` field); no benchmark result \
-                     without --allow-failures",
+                    "{failed} quer{} failed ({first}see the records' `error` field); no benchmark \
+                     result without --allow-failures",
                     if failed == 1 { "y" } else { "ies" }
                 ));
                 RunStatus::Incomplete
@@ -892,6 +904,49 @@ impl<'a> RunEngine<'a> {
             "accuracy_ci95": median.and_then(|m| m.accuracy_ci95),
         })
     }
+}
+
+/// The recording's failure as a stop, once it has failed.
+fn power_lost(r: &PowerRecorder) -> Result<(), Stop> {
+    match r.failed() {
+        Some(e) => Err(Stop::PowerLost(format!("{}: {e}", r.key()))),
+        None => Ok(()),
+    }
+}
+
+/// What went wrong on the power source's side during a run that it survived (disconnections,
+/// reboots, lost samples, bad lines), in one line; `None` when nothing did.
+fn source_trouble(
+    key: &str,
+    meta: &crate::trace::TraceMeta,
+    trace: &std::path::Path,
+) -> Option<String> {
+    let st = &meta.stats;
+    let n = |k: u64, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+    let mut parts = Vec::new();
+    if st.reconnects > 0 || st.disconnected_ms > 0.0 {
+        parts.push(format!(
+            "disconnected {} ({:.1} s without data)",
+            n(st.reconnects.max(1), "time", "times"),
+            st.disconnected_ms / 1000.0
+        ));
+    }
+    if st.reboots > 0 {
+        parts.push(format!("rebooted {}", n(st.reboots, "time", "times")));
+    }
+    if st.lost_samples > 0 {
+        parts.push(format!("{} lost", n(st.lost_samples, "sample", "samples")));
+    }
+    if st.bad_lines > 0 {
+        parts.push(n(st.bad_lines, "bad line", "bad lines"));
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "{key}: {}; the events are in {}",
+            parts.join(", "),
+            crate::trace::TraceMeta::path_for(trace).display()
+        )
+    })
 }
 
 /// How long to wait for the samples that close a window: a few sampling periods, at least 5 s.

@@ -142,7 +142,8 @@ pub struct RunOptions {
     pub warmup: Warmup,
     /// Idle baseline, s (0: none; needs a power source).
     pub idle_s: f64,
-    /// Seconds the power source has to deliver its first samples.
+    /// Seconds the power source has to deliver its first samples, and the longest it may then
+    /// stay silent before the run stops (a stalled or unplugged meter).
     pub first_sample_timeout_s: f64,
     /// Gap limit of the energy integration, ms.
     pub gap_limit_ms: f64,

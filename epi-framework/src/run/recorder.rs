@@ -16,7 +16,11 @@
 //! smallest `arrival − t_ms` is the offset, up to the fastest delivery).
 //!
 //! Failures: the source's own errors ([`PowerError`], naming the source), no sample within the
-//! configured time ([`RecorderError::NoSamples`]), I/O on the trace files.
+//! configured time ([`RecorderError::NoSamples`]), I/O on the trace files. While a run goes on,
+//! [`PowerRecorder::failed`] reports what ended the recording, so the run stops instead of going
+//! on unmeasured: the source's error, a trace that can no longer be written (a full disk), or a
+//! source that fell **silent** — no sample for longer than it had for its first ones (at least
+//! four sample periods): a stalled meter, or one unplugged and not back.
 
 use crate::error::Error;
 use crate::power::{PowerError, PowerSource};
@@ -246,6 +250,8 @@ struct Shared {
     phases: Vec<Phase>,
     error: Option<String>,
     ended: bool,
+    /// When the last batch with samples arrived.
+    last_sample: Option<Instant>,
 }
 
 /// A marked stretch of the run on the trace (`backend-start`, `warmup`, `idle`,
@@ -292,7 +298,9 @@ fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 impl PowerRecorder {
     /// Opens `source`, starts recording to `trace`, and waits until it has delivered samples of
     /// every channel it announced (at least one sample in all), at most `first_sample_timeout`.
-    /// `origin` and `origin_utc_ms` are the run's clock zero on both host clocks.
+    /// Later, the source may stay silent no longer than that (and at least four of its sample
+    /// periods) before [`failed`](Self::failed) reports it. `origin` and `origin_utc_ms` are the
+    /// run's clock zero on both host clocks.
     pub async fn start(
         key: &str,
         mut source: Box<dyn PowerSource>,
@@ -308,6 +316,11 @@ impl PowerRecorder {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
         let want_channels = info.channels.len().max(1);
+        let period_s = info
+            .sample_rate_hz
+            .filter(|h| *h > 0.0)
+            .map_or(0.0, |h| 1.0 / h);
+        let silence_limit = first_sample_timeout.max(Duration::from_secs_f64(4.0 * period_s));
         let task = {
             let shared = shared.clone();
             let key = key.to_string();
@@ -333,12 +346,29 @@ impl PowerRecorder {
                             };
                             rec.set_extra("phases_run_ms", phases);
                             rec.set_extra("clock", clock);
-                            rec.tick()?
+                            if let Err(e) = rec.tick() {
+                                failure = Some(format!("recording the trace: {e}"));
+                                break false;
+                            }
+                            let silent = lock(&shared).last_sample.map(|t| t.elapsed());
+                            if let Some(silent) = silent.filter(|d| *d > silence_limit) {
+                                failure = Some(format!(
+                                    "no samples for {:.1} s (at most {:.1} s allowed, \
+                                     --first-sample-timeout): the source stopped delivering — a \
+                                     stalled or unplugged device?",
+                                    silent.as_secs_f64(),
+                                    silence_limit.as_secs_f64()
+                                ));
+                                break false;
+                            }
                         }
                         b = source.next_batch() => match b {
                             Ok(Some(batch)) => {
                                 let arrival_ms = origin.elapsed().as_secs_f64() * 1000.0;
-                                rec.push(&batch, source.stats())?;
+                                if let Err(e) = rec.push(&batch, source.stats()) {
+                                    failure = Some(format!("recording the trace: {e}"));
+                                    break false;
+                                }
                                 let mut s = lock(&shared);
                                 absorb(&mut s, batch, arrival_ms);
                                 if first_tx.is_some() && s.last_by_channel.len() >= want_channels {
@@ -450,7 +480,9 @@ impl PowerRecorder {
         lock(&self.shared).live.clone()
     }
 
-    /// The source's error, once it failed (the run decides what to do).
+    /// Why the recording stopped, once it did (the run decides what to do): the source's error,
+    /// the trace no longer written, the source silent for longer than its limit, or the source
+    /// ended.
     pub fn failed(&self) -> Option<String> {
         let s = lock(&self.shared);
         s.error.clone().or_else(|| {
@@ -545,6 +577,9 @@ impl PowerRecorder {
 /// Folds a batch into the shared state: samples, live power, arrival lags.
 fn absorb(s: &mut Shared, batch: SampleBatch, arrival_ms: f64) {
     s.batches += 1;
+    if !batch.samples.is_empty() {
+        s.last_sample = Some(Instant::now());
+    }
     for x in &batch.samples {
         let lag = arrival_ms - x.t_ms;
         s.min_lag_ms = Some(s.min_lag_ms.map_or(lag, |m| m.min(lag)));
