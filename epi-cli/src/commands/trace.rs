@@ -155,6 +155,8 @@ struct Pulled {
     dropped_events: u64,
     rows: u64,
     interrupted: bool,
+    /// The whole window was read (false until then: a kill, a failure or Ctrl-C leaves it so).
+    complete: bool,
 }
 
 fn write_meta(
@@ -171,7 +173,7 @@ fn write_meta(
     extra.insert("window_start".into(), json!(utc_text(start)));
     extra.insert("window_end".into(), json!(utc_text(end)));
     extra.insert("rows".into(), json!(pulled.rows));
-    extra.insert("complete".into(), json!(!pulled.interrupted));
+    extra.insert("complete".into(), json!(pulled.complete));
     for key in [
         "clock_offset_start",
         "clock_offset_end",
@@ -249,6 +251,7 @@ fn pull(ctx: &Context, a: &PullArgs) -> Result<ExitCode> {
             dropped_events: 0,
             rows: 0,
             interrupted: false,
+            complete: false,
         };
         write_meta(&a.output, &pulled, &started, zero, start, end)?;
         let mut failure: Option<anyhow::Error> = None;
@@ -292,6 +295,7 @@ fn pull(ctx: &Context, a: &PullArgs) -> Result<ExitCode> {
         if let Some(i) = source.current_info() {
             pulled.info = i;
         }
+        pulled.complete = failure.is_none() && !pulled.interrupted;
         write_meta(&a.output, &pulled, &started, zero, start, end)?;
         Ok::<_, anyhow::Error>((pulled, failure))
     })?;
