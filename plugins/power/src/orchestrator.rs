@@ -444,6 +444,12 @@ fn io_err(message: impl Into<String>) -> PowerError {
 fn transient(e: &SshError) -> bool {
     match e {
         SshError::Connect { .. } | SshError::Timeout { .. } | SshError::Protocol { .. } => true,
+        // The channel closed without an exit status: the connection dropped (sshd or the
+        // machine went away) while the query ran.
+        SshError::RemoteFailed {
+            status: RemoteExit::Unknown,
+            ..
+        } => true,
         SshError::RemoteFailed { stderr, .. } => {
             let s = stderr.to_ascii_lowercase();
             s.contains("database is locked") || s.contains("busy")
