@@ -445,8 +445,8 @@ impl Board {
                 let base = [12.5, 11.9, 30.2, 8.7][c];
                 (base * (1.0 + 0.3 * ((k as f64) / (7.0 + c as f64)).sin()) * 100.0).round() / 100.0
             });
-            for c in 0..4 {
-                s.wh[c] += watts[c] * BOARD_PERIOD_MS as f64 / 3.6e6;
+            for (wh, w) in s.wh.iter_mut().zip(watts) {
+                *wh += w * BOARD_PERIOD_MS as f64 / 3.6e6;
             }
             let t_ms = 1000 + k * BOARD_PERIOD_MS;
             let seq = s.seq;
@@ -914,7 +914,16 @@ fn meter_unplugged_replugged_and_fed_garbage_mid_profile_is_survived_and_recorde
     // Mid-run: once the measured part has written a record, the next query is held, and the
     // run waits while the meter goes away and comes back.
     proxy.arm(Fault::Hold, &run);
-    let child = spawn_epi(d, &profile_args(&board, &proxy.url(), &run, &[]));
+    // An outage shorter than the silence a run tolerates (--first-sample-timeout) is survived.
+    let child = spawn_epi(
+        d,
+        &profile_args(
+            &board,
+            &proxy.url(),
+            &run,
+            &["--first-sample-timeout", "60"],
+        ),
+    );
     proxy.wait_held();
     board.unplug(|written| wait_rows(&trace, written));
     wait_for("1.5 s of samples taken while unplugged", 60, || {
