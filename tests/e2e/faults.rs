@@ -34,8 +34,6 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
@@ -625,28 +623,6 @@ fn sshd_killed_mid_pull_leaves_the_rows_pulled_marked_incomplete_and_no_remote_p
     assert_none_left(orch.db.to_str().unwrap(), "remote sqlite3");
 }
 
-/// Starts a writer logging the meter at 10 Hz (2 nodes) into the Orchestrator's database until
-/// `stop`; returns the last `seq` written.
-fn orchestrator_writer(
-    db: &Path,
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicUsize>,
-) -> std::thread::JoinHandle<()> {
-    let db = db.to_path_buf();
-    std::thread::spawn(move || {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        let mut seq = 0i64;
-        while !stop.load(Ordering::SeqCst) {
-            let now = chrono::Utc::now().timestamp_millis();
-            insert_sample(&c, seq, now);
-            seq += 1;
-            written.store(seq as usize, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-}
-
 /// The `seq`s of a tailed recording's rows, checked to be whole samples (both nodes).
 fn tailed_seqs(rows: &[(u32, f64)]) -> Vec<i64> {
     rows.chunks(2)
@@ -674,9 +650,7 @@ fn sshd_killed_mid_tail_and_back_loses_no_row_and_leaves_no_remote_process() {
     let Some(orch) = Orchestrator::start(d, "poll_interval_ms = 100\n") else {
         return;
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = orchestrator_writer(&orch.db, stop.clone(), written.clone());
+    let logger = MeterLogger::start(&orch.db);
     let rec = d.join("tail.csv");
     let mut child = spawn_epi(d, &monitor_host_args(&orch, &rec));
     child.wait_running("20 tailed rows", 120, || {
@@ -685,20 +659,19 @@ fn sshd_killed_mid_tail_and_back_loses_no_row_and_leaves_no_remote_process() {
     orch.kill_sshd();
     // While it is down: no remote process is left, and the meter goes on being logged.
     assert_none_left(orch.db.to_str().unwrap(), "remote sqlite3");
-    let at_kill = written.load(Ordering::SeqCst);
+    let at_kill = logger.written();
     wait_for("rows logged while sshd is down", 60, || {
-        (written.load(Ordering::SeqCst) >= at_kill + 10).then_some(())
+        (logger.written() >= at_kill + 10).then_some(())
     });
-    let mut sshd2 = orch.restart_sshd();
-    let at_restart = written.load(Ordering::SeqCst);
+    orch.restart_sshd();
+    let at_restart = logger.written();
     child.wait_running("the rows logged meanwhile in the recording", 120, || {
         let rows = complete_lines(&rec).len().saturating_sub(1);
         (rows / 2 >= at_restart).then_some(())
     });
     signal_pid(child.pid(), libc::SIGINT);
     let (code, out, err) = child.finish(60);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
+    logger.stop();
     assert_eq!(code, Some(130), "{out}{err}");
     assert!(
         err.contains("disconnected") && err.contains("reconnected"),
@@ -722,8 +695,7 @@ fn sshd_killed_mid_tail_and_back_loses_no_row_and_leaves_no_remote_process() {
         kinds.contains(&"disconnected") && kinds.contains(&"reconnected"),
         "{kinds:?}"
     );
-    signal_pid(sshd2.id(), libc::SIGTERM);
-    let _ = sshd2.wait();
+    orch.stop_restarted_sshd();
     assert_none_left(orch.db.to_str().unwrap(), "remote sqlite3");
 }
 
@@ -738,9 +710,7 @@ fn sigkill_while_tailing_keeps_the_rows_and_leaves_no_remote_process() {
     let Some(orch) = Orchestrator::start(d, "poll_interval_ms = 100\n") else {
         return;
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = orchestrator_writer(&orch.db, stop.clone(), written.clone());
+    let logger = MeterLogger::start(&orch.db);
     let rec = d.join("tail.csv");
     let child = spawn_epi(d, &monitor_host_args(&orch, &rec));
     wait_for("20 tailed rows", 120, || {
@@ -749,8 +719,7 @@ fn sigkill_while_tailing_keeps_the_rows_and_leaves_no_remote_process() {
     let before = complete_lines(&rec).len() - 1;
     signal_pid(child.pid(), libc::SIGKILL);
     let (code, _, _) = child.finish(60);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
+    logger.stop();
     assert_eq!(code, None, "killed by a signal");
     let rows = readable_rows(&rec, &d.join("complete.csv"));
     assert!(rows.len() >= before);

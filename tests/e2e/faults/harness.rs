@@ -858,6 +858,7 @@ pub(super) fn insert_sample(db: &rusqlite::Connection, seq: i64, ts: i64) {
 pub(super) struct Orchestrator {
     sshd: Sshd,
     pub(super) db: PathBuf,
+    restarted: Mutex<Option<Child>>,
 }
 
 impl Orchestrator {
@@ -878,7 +879,11 @@ impl Orchestrator {
             ),
         )
         .unwrap();
-        Some(Orchestrator { sshd, db })
+        Some(Orchestrator {
+            sshd,
+            db,
+            restarted: Mutex::new(None),
+        })
     }
 
     pub(super) fn ssh_flags(&self) -> Vec<String> {
@@ -922,7 +927,7 @@ impl Orchestrator {
     }
 
     /// sshd again, with its own configuration (same port, same host key): the machine is back.
-    pub(super) fn restart_sshd(&self) -> Child {
+    pub(super) fn restart_sshd(&self) {
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -941,7 +946,80 @@ impl Orchestrator {
                 .is_ok()
                 .then_some(())
         });
-        child
+        *lock(&self.restarted) = Some(child);
+    }
+
+    /// Stops the sshd [`restart_sshd`](Self::restart_sshd) started.
+    pub(super) fn stop_restarted_sshd(&self) {
+        if let Some(mut c) = lock(&self.restarted).take() {
+            signal_pid(c.id(), libc::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        if let Some(mut c) = lock(&self.restarted).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The Orchestrator logging the meter into its database: a sample of 2 nodes every 100 ms, each
+/// row's watts telling its `seq` ([`seq_watts`]); stopped on drop.
+pub(super) struct MeterLogger {
+    stop: Arc<AtomicBool>,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MeterLogger {
+    pub(super) fn start(db: &Path) -> MeterLogger {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let thread = {
+            let (db, stop, written) = (db.to_path_buf(), stop.clone(), written.clone());
+            std::thread::spawn(move || {
+                let c = rusqlite::Connection::open(&db).unwrap();
+                c.busy_timeout(Duration::from_secs(10)).unwrap();
+                let mut seq = 0i64;
+                while !stop.load(Ordering::SeqCst) {
+                    insert_sample(&c, seq, chrono::Utc::now().timestamp_millis());
+                    seq += 1;
+                    written.store(seq as usize, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        MeterLogger {
+            stop,
+            written,
+            thread: Some(thread),
+        }
+    }
+
+    /// Samples logged so far.
+    pub(super) fn written(&self) -> usize {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Stops logging (and fails the test if the logger failed).
+    pub(super) fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the logger thread");
+        }
+    }
+}
+
+impl Drop for MeterLogger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
