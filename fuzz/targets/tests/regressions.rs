@@ -105,3 +105,17 @@ fn trace_window_reader_accepted_what_the_full_reader_refuses() {
 fn dllama_output_summary_before_the_token_lines_panicked() {
     dllama_output::run("Generated tokens: 0\n🔶 G 1 ms I 1 ms T 1 ms S 0 kB R 0 kB x\n".as_bytes());
 }
+
+/// Prompt-evaluation lines whose token counts add up past 2^64 overflowed the sum (a panic in
+/// debug builds, a wrong count in release). Found by reading the parser while writing its target.
+#[test]
+fn dllama_output_evaluation_token_counts_overflowed() {
+    dllama_output::run(
+        "🔷️ E  146 ms S     0 kB R     0 kB (18446744073709551615 tokens)\n\
+         🔷️ E  146 ms S     0 kB R     0 kB (2 tokens)\n\
+         🔶 P   44 ms S     3 kB R     4 kB  Hello\n\
+         \nEvaluation\n   nBatches: 32\n    nTokens: 1\n   tokens/s: 82.05 (12.19 ms/tok)\n\
+         Prediction\n    nTokens: 1\n   tokens/s: 20.43 (48.95 ms/tok)\n"
+            .as_bytes(),
+    );
+}
