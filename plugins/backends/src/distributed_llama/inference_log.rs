@@ -148,7 +148,9 @@ fn read_region(lines: &[&str], format: LogFormat) -> Result<(Vec<PredToken>, u64
                 .and_then(|(_, r)| r.strip_suffix(" tokens)"))
                 .and_then(|n| n.trim().parse::<u64>().ok())
             {
-                eval_sum += n;
+                eval_sum = eval_sum.checked_add(n).ok_or_else(|| {
+                    format!("the evaluation lines count more than {} tokens", u64::MAX)
+                })?;
             }
         } else if is_token_line(line) {
             let (mut t, piece) = split_token_line(line, format)?;
