@@ -89,7 +89,9 @@ fn rel(a: f64, b: f64) -> f64 {
 fn check_additivity(run: &Path) {
     let s = summary(run);
     let recs = records(run);
-    for r in s["repetitions"].as_array().expect("repetitions") {
+    let reps = s["repetitions"].as_array().expect("repetitions");
+    assert!(!reps.is_empty(), "a repetition was measured: {s}");
+    for r in reps {
         let n = r["repetition"].as_u64().unwrap() as u32;
         let e = &r["energy"];
         let total = e["total_j"].as_f64().expect("total_j");
