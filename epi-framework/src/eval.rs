@@ -280,8 +280,12 @@ impl SuiteRun {
     /// the backend's retries) is not a wrong answer, so it is left out of the accuracy and counted
     /// beside it (`n_failed`). `None` when no item was answered.
     pub fn answered_score(&self, suite: &dyn Suite) -> Option<SuiteScore> {
-        let answered: Vec<ItemOutcome> =
-            self.outcomes.iter().filter(|o| !o.failed).cloned().collect();
+        let answered: Vec<ItemOutcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| !o.failed)
+            .cloned()
+            .collect();
         if answered.is_empty() {
             return None;
         }

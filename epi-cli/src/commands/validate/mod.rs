@@ -32,7 +32,11 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The submission directory (an `epi profile` run directory is one).
-    #[arg(long = "submission", value_name = "DIR", required_unless_present = "dir")]
+    #[arg(
+        long = "submission",
+        value_name = "DIR",
+        required_unless_present = "dir"
+    )]
     pub submission_flag: Option<PathBuf>,
     /// The submission directory, given without `--submission` (`epi validate runs/<run-id>`).
     #[arg(value_name = "DIR", conflicts_with = "submission_flag")]
