@@ -39,7 +39,7 @@ pub fn scratch(what: &str) -> PathBuf {
         .chars()
         .filter(char::is_ascii_digit)
         .collect::<String>();
-    std::env::temp_dir().join(format!("epi-fuzz-{}-{thread}-{what}", std::process::id()))
+    scratch_dir().join(format!("epi-fuzz-{}-{thread}-{what}", std::process::id()))
 }
 
 /// A scratch file that is removed when dropped (also when the check fails and unwinds).
