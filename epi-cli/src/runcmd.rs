@@ -395,9 +395,21 @@ pub fn print(ctx: &Context, o: &RunOutcome, json_out: bool) -> Result<()> {
         s["labels"]["hardware"].as_str().unwrap_or("unknown")
     );
     if let Some(mode) = s["scoring_mode"].as_str() {
-        let method = backend["details"]["loglikelihood_method"]
+        let d = &backend["details"];
+        let mut method = d["loglikelihood_method"]
             .as_str()
-            .unwrap_or("none");
+            .unwrap_or("none")
+            .to_string();
+        if let Some(m) = d["top_n_mode"].as_str() {
+            method.push_str(&format!(
+                ", {m}, {}",
+                if d["reproducible"] == Value::Bool(true) {
+                    "reproducible"
+                } else {
+                    "not reproducible"
+                }
+            ));
+        }
         println!(
             "{} {}{}; EPI token basis: {}",
             ctx.bold("scoring:"),

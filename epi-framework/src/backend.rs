@@ -72,6 +72,10 @@ pub struct BackendInfo {
     /// Anything else worth recording (cluster layout, BOS policy, endpoints).
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// What the user must know before trusting the numbers (a start-up check that failed, a
+    /// setting the server ignores): the run shows each on screen and in its log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A generation request.

@@ -336,6 +336,9 @@ impl<'a> RunEngine<'a> {
             info.version.as_deref().unwrap_or("version unknown"),
             info.model.as_deref().unwrap_or("unknown")
         ));
+        for w in &info.warnings {
+            self.event(RunEvent::Warning(format!("backend: {w}")));
+        }
         state.hardware = hardware_label(&o.labels, &info);
         state.backend = Some(info);
         self.write_summary(&self.summary(&state, RunStatus::Running))?;

@@ -371,6 +371,7 @@ impl DllamaBackend {
             version: self.config.version.clone(),
             model: model.or_else(|| Some(self.config.model.clone())),
             details,
+            warnings: Vec::new(),
         })
     }
 

@@ -995,6 +995,7 @@ impl InferenceBackend for OpenAiBackend {
             }
         }
         let mut trusted = true;
+        let mut warnings = Vec::new();
         if kind == ServerKind::LlamaCpp
             && matches!(ll, LoglikelihoodSupport::TopN { .. })
             && top_n_mode == TopNMode::SinglePass
@@ -1024,6 +1025,19 @@ impl InferenceBackend for OpenAiBackend {
                     Err(why) => json!({"passed": false, "why": why}),
                 },
             );
+            if !trusted {
+                warnings.push(format!(
+                    "the single-pass check failed ({}): log-likelihoods are approximate (none \
+                     marked exact) and may differ between runs of the same command",
+                    match &check {
+                        Ok(d) => format!(
+                            "the method differs from a full evaluation by {d:.3} nats; \
+                             tolerance {CHECK_TOLERANCE}"
+                        ),
+                        Err(why) => why.clone(),
+                    }
+                ));
+            }
             details.insert("slot".into(), json!(0));
             details.insert("min_batch_tokens".into(), json!(sp.min));
             details.insert("max_batch_tokens".into(), json!(sp.max));
@@ -1058,6 +1072,7 @@ impl InferenceBackend for OpenAiBackend {
             version: s.profile.version.clone(),
             model: s.model.clone(),
             details,
+            warnings,
         };
         self.session = Some(Arc::new(s));
         Ok(info)

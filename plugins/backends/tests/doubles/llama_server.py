@@ -28,6 +28,13 @@ What it IMITATES of the recorded server's behaviour (observed on the build of th
     llama.cpp's small-batch kernels are (measured: 0.35 and 0.53 nats on a 711-token prompt);
   - the KV pool: --ctx tokens per slot, shared by all slots with --unified; requests in flight whose
     prompts together exceed a shared pool get the recorded HTTP 500;
+  - shared-KV numerics: with --unified and more than one slot, a distribution computed on a slot
+    other than 0 is PERTURBED by up to 0.4 nats, depending on the slot and on how many tokens the
+    other slots hold; on slot 0 it is not (measured on the real llama-server, -c 4096, 4 slots,
+    unified: one 192-token prompt evaluated whole after a reset gave, against slot 0, 0.40, 0.43
+    and 0.35 nats on slots 1, 2 and 3 in its top 100, slot 2 another 0.35 on a second try, and
+    slot 0 the same numbers bit for bit over 8 rounds of random prompts on the other slots; with
+    -np 1 or --no-kv-unified every slot gave the same numbers bit for bit);
   - SIGTERM: requests being answered finish, then the listening socket closes (new connections are
     refused), the process stays alive and open connections get no reply, ever (recorded: the queued
     requests of a real llama-server after SIGTERM);
@@ -197,16 +204,27 @@ def tok_entry(i, lp):
     return {"id": i, "token": piece, "bytes": list(piece.encode("utf-8")), "logprob": lp}
 
 
+def perturbed(arr, seed, nats):
+    """`arr` moved by up to `nats` per token, deterministic in `seed`, renormalised."""
+    with np.errstate(over="ignore"):
+        x = (np.arange(V, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(seed)
+        x = (x ^ (x >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
+    out = arr + nats * ((x >> np.uint64(11)).astype(np.float64) / float(1 << 53) - 0.5) * 2.0
+    m = out.max()
+    return out - (m + math.log(np.exp(out - m).sum()))
+
+
 def small_batch(arr, prefix):
     """The distribution as llama.cpp's small-batch kernels give it: up to 0.35 nats off, per token,
     deterministic in the prefix."""
     seed = fnv1a(b"small" + b"".join(int(t).to_bytes(4, "little") for t in prefix[-16:]))
-    with np.errstate(over="ignore"):
-        x = (np.arange(V, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(seed)
-        x = (x ^ (x >> np.uint64(29))) * np.uint64(0xBF58476D1CE4E5B9)
-    out = arr + 0.35 * ((x >> np.uint64(11)).astype(np.float64) / float(1 << 53) - 0.5) * 2.0
-    m = out.max()
-    return out - (m + math.log(np.exp(out - m).sum()))
+    return perturbed(arr, seed, 0.35)
+
+
+def shared_kv(arr, layout):
+    """The distribution as a slot other than 0 of a unified KV buffer gives it (`layout`: see
+    `Slots.evaluate`)."""
+    return perturbed(arr, fnv1a(b"shared-kv" + int(layout).to_bytes(8, "little")), 0.4)
 
 
 class ContextExceeded(Exception):
@@ -304,8 +322,10 @@ class Slots:
                 self.cv.wait()
 
     def evaluate(self, sl, tokens, cache_prompt):
-        """Evaluates `tokens` on the slot: returns (cache_n, small) where `small` says whether the
-        last position or a reused one was computed in a small batch."""
+        """Evaluates `tokens` on the slot: returns (cache_n, small, layout) where `small` says whether
+        the last position or a reused one was computed in a small batch, and `layout` is nonzero
+        where a unified KV buffer moves the numbers (a slot other than 0: its id and the tokens the
+        other slots hold)."""
         with self.cv:
             k = 0
             if cache_prompt:
@@ -320,7 +340,10 @@ class Slots:
                 small.extend([n < self.min_batch] * n)
                 pos += n
             sl.tokens, sl.small = list(tokens), small
-            return k, any(small)
+            others = 0
+            if self.unified and len(self.slots) > 1 and sl.id != 0:
+                others = 1 + sl.id + sum(len(o.tokens) for o in self.slots if o is not sl)
+            return k, any(small), others
 
     def release(self, sl, tokens):
         with self.cv:
@@ -331,7 +354,7 @@ class Slots:
             self.cv.notify_all()
 
 
-def generate(prompt_ids, n_predict, n_probs, stop, small=False):
+def generate(prompt_ids, n_predict, n_probs, stop, small=False, others=0):
     """Greedy generation: [(id, logprob, top list)], text, stop_type. `small`: the prompt's last
     position was computed in a small batch (the first distribution is perturbed; later generated
     tokens are not: only the distribution after the prompt is compared with single-pass values)."""
@@ -341,6 +364,8 @@ def generate(prompt_ids, n_predict, n_probs, stop, small=False):
         arr = logprobs_after(toks)
         if small and step == 0 and tuple(toks) not in PINNED:
             arr = small_batch(arr, toks)
+        if others and step == 0 and tuple(toks) not in PINNED:
+            arr = shared_kv(arr, others)
         best = top(arr, max(n_probs, 1))
         i, lp = best[0]
         out.append((i, lp, best[:n_probs] if n_probs > 0 else []))
@@ -603,7 +628,7 @@ class Handler(socketserver.BaseRequestHandler):
                 return self.send_raw("v1_completions")
         if ids == RECORDED_IDS_PARIS and max_tokens == 1 and n_lp == 1 and not stream:
             return self.send_raw("v1_completions_echo")
-        slot, cache_n, _ = self.run_on_slot(ids)
+        slot, cache_n, _, _ = self.run_on_slot(ids)
         out, gen_text, stop_type = generate(ids, max_tokens, n_lp, stop)
         finish = "length" if stop_type == "limit" else "stop"
         logprobs = None
@@ -740,7 +765,7 @@ class Handler(socketserver.BaseRequestHandler):
         max_tokens = int(req.get("max_tokens", 16))
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
-        slot, cache_n, _ = self.run_on_slot(ids)
+        slot, cache_n, _, _ = self.run_on_slot(ids)
         out, gen_text, stop_type = generate(ids, max_tokens, 0, stop)
         finish = "length" if stop_type == "limit" else "stop"
         usage = {
@@ -782,7 +807,8 @@ class Handler(socketserver.BaseRequestHandler):
         )
 
     def run_on_slot(self, ids, id_slot=None, cache_prompt=True):
-        """Evaluates a prompt on a slot as llama-server does: (slot id, cache_n, small-batch numerics)."""
+        """Evaluates a prompt on a slot as llama-server does: (slot id, cache_n, small-batch numerics,
+        the unified-KV layout key, 0 where it does not move the numbers)."""
         slots = self.server.slots
         if len(ids) >= slots.n_ctx:
             raise HttpError(
@@ -797,13 +823,13 @@ class Handler(socketserver.BaseRequestHandler):
         except ContextExceeded:
             raise HttpError(500, "Context size has been exceeded.", "server_error")
         try:
-            cache_n, small = slots.evaluate(sl, ids, cache_prompt)
+            cache_n, small, others = slots.evaluate(sl, ids, cache_prompt)
             if self.server.delay_ms:
                 time.sleep(self.server.delay_ms * (len(ids) - cache_n) / 1000.0)
         finally:
             slots.release(sl, ids)
         self.server.note_peak()
-        return sl.id, cache_n, small
+        return sl.id, cache_n, small, others
 
     def native_completion(self, req):
         prompt = req.get("prompt")
@@ -814,7 +840,7 @@ class Handler(socketserver.BaseRequestHandler):
         n_probs = int(req.get("n_probs", 0))
         id_slot = req.get("id_slot")
         cache_prompt = bool(req.get("cache_prompt", True))
-        slot, cache_n, small = self.run_on_slot(ids, id_slot if isinstance(id_slot, int) else None, cache_prompt)
+        slot, cache_n, small, others = self.run_on_slot(ids, id_slot if isinstance(id_slot, int) else None, cache_prompt)
         # The recorded replies, where the request and the slot's state are the recorded ones.
         for name, (r_ids, r_predict, r_probs, r_cache, r_slot) in RECORDED_COMPLETIONS.items():
             if (ids, n_predict, n_probs, cache_n, slot) == (r_ids, r_predict, r_probs, r_cache, r_slot):
@@ -824,7 +850,7 @@ class Handler(socketserver.BaseRequestHandler):
             out, gen_text, stop_type = generate(ids, 1, 0, [])
             stop_type = "limit"
         else:
-            out, gen_text, stop_type = generate(ids, n_predict if n_predict > 0 else 16, n_probs, [], small)
+            out, gen_text, stop_type = generate(ids, n_predict if n_predict > 0 else 16, n_probs, [], small, others)
         settings = dict(GEN_SETTINGS)
         settings.update({"n_predict": n_predict, "max_tokens": n_predict, "n_probs": n_probs,
                          "temperature": float(req.get("temperature", 0.8))})
