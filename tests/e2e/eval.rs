@@ -57,9 +57,16 @@ fn arc_and_mmlu_through_the_replayed_llama_server_use_top_n() {
     );
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let text = stdout(&o);
+    // The double keeps llama-server's default RAM prompt cache: the single-pass check fails, the
+    // scoring line says so and a warning says why.
     assert!(
-        text.contains("scoring: loglikelihood (method top-n)"),
+        text.contains("scoring: loglikelihood (method top-n, single-pass, not reproducible)"),
         "{text}"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("single-pass check failed") && err.contains("--cache-ram 0"),
+        "{err}"
     );
     assert!(
         text.contains("arc-challenge") && text.contains("mmlu"),
