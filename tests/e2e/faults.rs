@@ -377,8 +377,9 @@ fn check_server_fault(run: &Path, code: Option<i32>, err: &str, fault: &str) {
     );
 }
 
-#[test]
-fn a_server_answering_500_mid_run_fails_those_queries_and_keeps_the_rest() {
+/// `epi eval` through the fault proxy armed with `fault` (extra arguments `extra`): at least one
+/// attempt and two retries meet the fault, and the run keeps the rest, naming `expect`.
+fn server_fault_run(fault: Fault, extra: &[&str], expect: &str) {
     if !have_python() {
         return;
     }
@@ -387,53 +388,34 @@ fn a_server_answering_500_mid_run_fails_those_queries_and_keeps_the_rest() {
     let server = Double::start(d, &[]);
     let proxy = FaultProxy::start(server.port);
     let run = d.join("run");
-    proxy.arm(Fault::Http500, &run);
-    let child = spawn_epi(d, &eval_args(&proxy.url(), &run, &[]));
+    proxy.arm(fault, &run);
+    let child = spawn_epi(d, &eval_args(&proxy.url(), &run, extra));
     let (code, _, err) = child.finish(180);
     assert!(proxy.faulted() >= 3, "one attempt and two retries at least");
-    check_server_fault(
-        &run,
-        code,
-        &err,
+    check_server_fault(&run, code, &err, expect);
+}
+
+#[test]
+fn a_server_answering_500_mid_run_fails_those_queries_and_keeps_the_rest() {
+    server_fault_run(
+        Fault::Http500,
+        &[],
         "HTTP 500: Context size has been exceeded.",
     );
 }
 
 #[test]
 fn a_server_closing_mid_reply_fails_those_queries_and_keeps_the_rest() {
-    if !have_python() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let server = Double::start(d, &[]);
-    let proxy = FaultProxy::start(server.port);
-    let run = d.join("run");
-    proxy.arm(Fault::CutReply, &run);
-    let child = spawn_epi(d, &eval_args(&proxy.url(), &run, &[]));
-    let (code, _, err) = child.finish(180);
-    assert!(proxy.faulted() >= 3);
-    check_server_fault(&run, code, &err, "error decoding response body");
+    server_fault_run(Fault::CutReply, &[], "error decoding response body");
 }
 
 #[test]
 fn a_server_closing_mid_stream_fails_those_queries_and_keeps_the_rest() {
-    if !have_python() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    let server = Double::start(d, &[]);
-    let proxy = FaultProxy::start(server.port);
-    let run = d.join("run");
-    proxy.arm(Fault::CutReply, &run);
-    let child = spawn_epi(
-        d,
-        &eval_args(&proxy.url(), &run, &["--mode", "generative", "--stream"]),
+    server_fault_run(
+        Fault::CutReply,
+        &["--mode", "generative", "--stream"],
+        "the stream broke",
     );
-    let (code, _, err) = child.finish(180);
-    assert!(proxy.faulted() >= 3);
-    check_server_fault(&run, code, &err, "the stream broke");
 }
 
 #[test]
