@@ -1,61 +1,46 @@
 //! # epi-framework
 //!
-//! The core of epi-bench, which measures **Energy Per Intelligence**: how many joules one unit of
-//! useful LLM output costs. This crate defines
+//! The facade of epi-bench, which measures **Energy Per Intelligence**: how many joules one unit
+//! of useful LLM output costs. It re-exports, under the paths existing users import, the crates
+//! the framework is made of (ripgrep's `grep` facade over `grep-matcher` and friends):
 //!
-//! - the plugin traits — [`PowerSource`], [`InferenceBackend`], [`Suite`], [`Scorer`], [`Plot`] —
-//!   and the string-keyed [`registry`] every plugin registers in;
-//! - the data model: power samples with provenance ([`sample`]), traces ([`trace`]), benchmark
-//!   results ([`benchmark`]), EPI results ([`result`]) and per-query records ([`records`]);
-//! - energy integration and attribution ([`energy`], [`trace`]) and every metric formula
-//!   ([`metrics`]), each defined once as `measurement-methodology.md` states it;
-//! - the EPI calculator ([`calculator`]);
-//! - the run engine ([`run`]): `epi profile` and `epi eval` — a power source and a backend side by
-//!   side, every query timed, recorded and attributed its energy;
-//! - the results database ([`resultsdb`]): tagged EPI results in SQLite, queries, exports.
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`backend`], [`power`], [`suite`], [`scorer`], [`plot`], [`registry`], [`sample`], [`records`] (types), [`benchmark`], [`result`], [`energy`], [`metrics`], [`error`], [`config`], [`generative`], [`jsonio`] | `epi-core` | the contract: traits, data model, registry, the energy kernel, metric formulas |
+//! | [`trace`] | `epi-trace` | the trace CSV reader (SIMD), streaming integration, windows, writer |
+//! | [`records`] (files) | `epi-records` | `records.jsonl` and `records.arrow` |
+//! | [`ssh`], [`testing`] | `epi-ssh` | the SSH client; a real sshd for tests |
+//! | [`resultsdb`] | `epi-resultsdb` | the results database (SQLite) |
+//! | [`run`], [`eval`], [`calculator`] | `epi-run` | the run engine (`epi profile`, `epi eval`) and the EPI calculator |
+//! | [`dynamic`] | `epi-dynamic` | third-party plugins behind the C ABI |
+//!
+//! A plugin depends on `epi-core` and on the crates it uses; an application depends on this
+//! facade.
 #![deny(missing_docs)]
 
-pub mod backend;
-pub mod benchmark;
-pub mod calculator;
-pub mod config;
-pub mod dynamic;
-pub mod energy;
-pub mod error;
-pub mod eval;
-pub mod generative;
-pub mod jsonio;
-pub mod metrics;
-pub mod plot;
-pub mod power;
-pub mod records;
-pub mod registry;
-pub mod result;
-pub mod resultsdb;
-pub mod run;
-pub mod sample;
-pub mod scorer;
-pub mod ssh;
-pub mod suite;
-#[cfg(any(test, feature = "test-support"))]
-pub mod testing;
-pub mod trace;
+pub use epi_core::{
+    async_trait, inventory, BenchmarkResult, EpiResult, Error, InferenceBackend, InputError,
+    Location, Plot, PowerSource, Registry, Scorer, Suite, VERSION,
+};
+pub use epi_core::{
+    backend, benchmark, config, energy, error, generative, jsonio, metrics, plot, power, registry,
+    result, sample, scorer, suite,
+};
+pub use epi_dynamic as dynamic;
+pub use epi_resultsdb as resultsdb;
+pub use epi_run::{calculator, eval};
+pub use epi_ssh as ssh;
+#[cfg(feature = "test-support")]
+pub use epi_ssh::testing;
+pub use epi_trace as trace;
+pub use epi_trace::PowerTrace;
 
-pub use backend::InferenceBackend;
-pub use benchmark::BenchmarkResult;
-pub use error::{Error, InputError, Location};
-pub use plot::Plot;
-pub use power::PowerSource;
-pub use registry::Registry;
-pub use result::EpiResult;
-pub use scorer::Scorer;
-pub use suite::Suite;
-pub use trace::PowerTrace;
+/// The run engine (`epi-run`), with the detected hardware (`epi-core`) at its old path.
+pub mod run {
+    pub use epi_run::*;
+}
 
-/// Re-exported for plugins implementing the async traits.
-pub use async_trait::async_trait;
-/// Re-exported so plugins register with the same `inventory` the framework collects from.
-pub use inventory;
-
-/// The version of epi-bench, as written into results.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Per-query records: the type ([`QueryRecord`], `epi-core`) and its files (`epi-records`).
+pub mod records {
+    pub use epi_records::*;
+}

@@ -1,5 +1,5 @@
 //! `distributed-llama`: a [distributed-llama](https://github.com/b4rtaz/distributed-llama) cluster
-//! driven over SSH ([`epi_framework::ssh`]).
+//! driven over SSH ([`epi_ssh`]).
 //!
 //! **API mode** (default): [`start`](InferenceBackend::start) connects to every host (host keys
 //! verified against known_hosts), starts `dllama worker --port P --nthreads N` on each worker host
@@ -38,14 +38,14 @@ pub mod process;
 pub use config::{DllamaConfig, DllamaMode, Node};
 
 use crate::openai::{OpenAiBackend, OpenAiConfig, ServerKind};
-use epi_framework::backend::{
+use epi_core::backend::{
     BackendCapabilities, BackendError, BackendInfo, GenerateRequest, GenerateResponse,
     InferenceBackend, LoglikelihoodRequest, LoglikelihoodResponse, LoglikelihoodSupport,
     StartupProgress,
 };
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::ssh::{SshError, SshOptions, SshSession};
-use epi_framework::Error;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::Error;
+use epi_ssh::{SshError, SshOptions, SshSession};
 use process::{wait_ready, Drained, Readiness};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -166,10 +166,10 @@ impl DllamaBackend {
     }
 
     /// Each node's hardware, read over its SSH session with
-    /// [`epi_framework::run::hardware::DETECT_SCRIPT`]; a host that cannot be read gives an entry
+    /// [`epi_core::hardware::DETECT_SCRIPT`]; a host that cannot be read gives an entry
     /// with nothing known (the label then says less, never something assumed).
     async fn detect_hardware(&self) -> Vec<Value> {
-        use epi_framework::run::hardware::{HostHardware, DETECT_SCRIPT};
+        use epi_core::hardware::{HostHardware, DETECT_SCRIPT};
         let mut by_host: std::collections::BTreeMap<String, Value> = Default::default();
         for (host, s) in &self.sessions {
             let h = match s
@@ -430,7 +430,7 @@ fn model_header(lines: &[String]) -> serde_json::Map<String, Value> {
     m
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl InferenceBackend for DllamaBackend {
     async fn start(&mut self) -> Result<BackendInfo, BackendError> {
         if self.started {
@@ -537,7 +537,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn InferenceBackend>, Error> {
     Ok(Box::new(b))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "distributed-llama cluster over SSH: workers + dllama-api (generative), or dllama inference (throughput)",

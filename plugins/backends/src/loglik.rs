@@ -12,7 +12,7 @@
 //!   used is an **upper bound**: `min(smallest top-N log-probability, log(1 − Σ top-N
 //!   probabilities))`.
 
-use epi_framework::backend::{BackendError, ContinuationScore};
+use epi_core::backend::{BackendError, ContinuationScore};
 use std::collections::HashMap;
 
 /// Python `str.isspace()` for one character (what `str.rstrip()` strips): Unicode white space

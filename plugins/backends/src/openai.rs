@@ -30,13 +30,13 @@ mod single_pass;
 mod transport;
 
 use crate::loglik::{self, ScoringStats, TopN};
-use epi_framework::backend::{
+use epi_core::backend::{
     BackendCapabilities, BackendError, BackendInfo, ContinuationScore, GenerateRequest,
     GenerateResponse, InferenceBackend, LoglikelihoodRequest, LoglikelihoodResponse,
     LoglikelihoodSupport, TokenCountSource,
 };
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::Error;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::Error;
 use replies::usage_counts;
 use replies::{error_message, finish_reason, parse_echo, parse_token_ids, snippet};
 use serde::{Deserialize, Serialize};
@@ -850,7 +850,7 @@ impl OpenAiBackend {
     }
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl InferenceBackend for OpenAiBackend {
     async fn start(&mut self) -> Result<BackendInfo, BackendError> {
         self.config.check().map_err(|m| self.err_setup(m))?;
@@ -1248,7 +1248,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn InferenceBackend>, Error> {
     Ok(Box::new(OpenAiBackend::new("openai", c)))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: "openai",
         description: "OpenAI-compatible HTTP server (llama.cpp llama-server, vLLM, Ollama /v1, dllama-api)",

@@ -9,11 +9,11 @@ mod common;
 
 use common::{doubles_dir, have_python};
 use epi_backends::distributed_llama::{DllamaBackend, DllamaConfig, KEY};
-use epi_framework::backend::{
+use epi_core::backend::{
     BackendError, GenerateRequest, InferenceBackend, LoglikelihoodRequest, LoglikelihoodSupport,
     StartupProgress, TokenCountSource,
 };
-use epi_framework::testing::{require_tool, Sshd};
+use epi_ssh::testing::{require_tool, Sshd};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -85,7 +85,7 @@ impl Cluster {
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
-        epi_framework::registry::parse_config(KEY, &v).unwrap()
+        epi_core::registry::parse_config(KEY, &v).unwrap()
     }
 
     fn api_requests(&self) -> Vec<Value> {
@@ -596,7 +596,7 @@ impl RealCluster {
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
-        epi_framework::registry::parse_config(KEY, &v).unwrap()
+        epi_core::registry::parse_config(KEY, &v).unwrap()
     }
 
     /// Processes started from this cluster's directory.

@@ -10,7 +10,7 @@
 //! and a streamed generation reports its first token.
 
 use epi_backends::openai::{OpenAiBackend, OpenAiConfig, TopNMode};
-use epi_framework::backend::{
+use epi_core::backend::{
     GenerateRequest, InferenceBackend, LoglikelihoodRequest, LoglikelihoodSupport,
 };
 

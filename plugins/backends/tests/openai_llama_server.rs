@@ -5,7 +5,7 @@ mod common;
 
 use common::{have_python, Double};
 use epi_backends::openai::{OpenAiBackend, OpenAiConfig};
-use epi_framework::backend::{
+use epi_core::backend::{
     BackendError, GenerateRequest, InferenceBackend, LoglikelihoodRequest, LoglikelihoodSupport,
     TokenCountSource,
 };
@@ -43,7 +43,7 @@ fn backend(url: &str, extra: Value) -> OpenAiBackend {
             o.insert(k.clone(), x.clone());
         }
     }
-    let c: OpenAiConfig = epi_framework::registry::parse_config("openai", &v).unwrap();
+    let c: OpenAiConfig = epi_core::registry::parse_config("openai", &v).unwrap();
     OpenAiBackend::new("openai", c)
 }
 

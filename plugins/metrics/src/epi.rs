@@ -2,10 +2,10 @@
 //! measured) net, with its interval.
 
 use crate::err;
-use epi_framework::metrics;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::scorer::{Metric, ScoreError, ScoreInput, Scorer};
-use epi_framework::Error;
+use epi_core::metrics;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
+use epi_core::Error;
 
 /// The EPI scorer (no settings).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -49,7 +49,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<EpiScorer>("epi", config)?))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration { key: "epi", description: "Energy Per Intelligence: (J / generated token) ÷ composite accuracy", factory: Factory::Scorer(build) }
 }
 

@@ -2,10 +2,10 @@
 //! EPT_total). They are not a prefill/decode split and do not add up.
 
 use crate::err;
-use epi_framework::metrics;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::scorer::{Metric, ScoreError, ScoreInput, Scorer};
-use epi_framework::Error;
+use epi_core::metrics;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
+use epi_core::Error;
 
 /// The EPT scorer (no settings).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -46,7 +46,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<EptScorer>("ept", config)?))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration { key: "ept", description: "Energy per token: EPT_in, EPT_out, EPT_total (normalisations of one energy)", factory: Factory::Scorer(build) }
 }
 

@@ -2,10 +2,10 @@
 //! with the number of queries).
 
 use crate::err;
-use epi_framework::metrics;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::scorer::{Metric, ScoreError, ScoreInput, Scorer};
-use epi_framework::Error;
+use epi_core::metrics;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
+use epi_core::Error;
 
 /// The IPJ scorer (no settings).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -35,14 +35,14 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<IpjScorer>("ipj", config)?))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration { key: "ipj", description: "Intelligence per joule: accuracy ÷ mean energy per query", factory: Factory::Scorer(build) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epi_framework::scorer::QueryEnergy;
+    use epi_core::scorer::QueryEnergy;
 
     #[test]
     fn mean_per_query() {

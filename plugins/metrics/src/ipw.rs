@@ -2,10 +2,10 @@
 //! energy over its latency.
 
 use crate::err;
-use epi_framework::metrics;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::scorer::{Metric, ScoreError, ScoreInput, Scorer};
-use epi_framework::Error;
+use epi_core::metrics;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
+use epi_core::Error;
 
 /// The IPW scorer (no settings).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -42,14 +42,14 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<IpwScorer>("ipw", config)?))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration { key: "ipw", description: "Intelligence per watt: accuracy ÷ mean power per query", factory: Factory::Scorer(build) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epi_framework::scorer::QueryEnergy;
+    use epi_core::scorer::QueryEnergy;
 
     #[test]
     fn mean_power_per_query() {

@@ -1,5 +1,5 @@
 //! epi-bench scorers: `epi`, `ept`, `ipj`, `ipw`. Each one file, each registered under its key.
-//! Every formula comes from [`epi_framework::metrics`]; these only choose inputs and say why a
+//! Every formula comes from [`epi_core::metrics`]; these only choose inputs and say why a
 //! metric cannot be computed.
 #![deny(missing_docs)]
 
@@ -8,7 +8,7 @@ pub mod ept;
 pub mod ipj;
 pub mod ipw;
 
-use epi_framework::scorer::ScoreError;
+use epi_core::scorer::ScoreError;
 
 pub(crate) fn err(scorer: &str, e: impl std::fmt::Display) -> ScoreError {
     ScoreError {

@@ -7,9 +7,9 @@
 //! the two middle results' intervals).
 
 use crate::style::{self, err, Canvas, Figure, Mark, Palette};
-use epi_framework::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::{EpiResult, Error};
+use epi_core::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::{EpiResult, Error};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -161,7 +161,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(BarsPlot { options }))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "EPI per configuration as bars, with 95% interval whiskers where results carry them",
@@ -373,7 +373,7 @@ mod tests {
         .unwrap();
         r.surgery = surgery.into();
         r.epi = epi;
-        r.uncertainty = ci.map(|c| epi_framework::result::Uncertainty {
+        r.uncertainty = ci.map(|c| epi_core::result::Uncertainty {
             energy_rel_accuracy: 0.02,
             accuracy_ci95: None,
             epi_ci95: Some(c),

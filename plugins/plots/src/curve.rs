@@ -17,9 +17,9 @@
 
 use crate::pareto::draw_dashed;
 use crate::style::{self, err, Canvas, Figure, Mark, Palette};
-use epi_framework::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::{EpiResult, Error};
+use epi_core::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::{EpiResult, Error};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -259,7 +259,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(CurvePlot { options }))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "EPI against a surgery parameter (experts dropped, ...) with the knee marked",

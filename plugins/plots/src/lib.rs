@@ -1,10 +1,10 @@
 //! epi-bench publication plots: Pareto frontier, EPI bars, power timeline, surgery curve.
 //!
-//! Each plot is a [`Plot`](epi_framework::Plot) plugin registered under its key (`pareto`,
+//! Each plot is a [`Plot`](epi_core::Plot) plugin registered under its key (`pareto`,
 //! `bars`, `timeline`, `curve`). They draw with `plotters` on PNG (at the spec's dpi, resolution
 //! recorded in the file) or SVG (when the output name ends in `.svg`), with a bundled DejaVu Sans
 //! font so a machine without fonts draws the same text. The computed content (frontier members,
-//! knees, bucket counts) comes back in the [`PlotReport`](epi_framework::plot::PlotReport).
+//! knees, bucket counts) comes back in the [`PlotReport`](epi_core::plot::PlotReport).
 #![deny(missing_docs)]
 
 pub mod bars;
@@ -13,10 +13,10 @@ pub mod pareto;
 mod style;
 pub mod timeline;
 
-use epi_framework::config::merge_config;
-use epi_framework::plot::{PlotError, PlotInput, PlotSpec};
-use epi_framework::registry::parse_config;
-use epi_framework::EpiResult;
+use epi_core::config::merge_config;
+use epi_core::plot::{PlotError, PlotInput, PlotSpec};
+use epi_core::registry::parse_config;
+use epi_core::EpiResult;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

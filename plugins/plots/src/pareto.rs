@@ -2,9 +2,9 @@
 //! (maximum accuracy, minimum J/token) computed and drawn — the `ParetoPlotter` of the spec.
 
 use crate::style::{self, err, Canvas, Corner, Figure, Mark, Palette};
-use epi_framework::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::{EpiResult, Error};
+use epi_core::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::{EpiResult, Error};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -103,7 +103,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(ParetoPlot { options }))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Accuracy vs J/token scatter with the Pareto frontier (max accuracy, min J/token)",

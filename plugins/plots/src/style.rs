@@ -5,7 +5,7 @@
 //! the same at any dpi. PNG files carry their resolution (`pHYs` chunk); SVG files are drawn at
 //! 96 px per inch.
 
-use epi_framework::plot::{PlotError, PlotSpec, Theme};
+use epi_core::plot::{PlotError, PlotSpec, Theme};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -320,7 +320,7 @@ pub(crate) fn render<F: Figure>(
             encode_png(&buf, canvas).map_err(|e| err(plot, format!("PNG encoding: {e}")))?
         }
     };
-    epi_framework::jsonio::write_atomic(&spec.output, &bytes).map_err(|e| err(plot, e.to_string()))
+    epi_core::jsonio::write_atomic(&spec.output, &bytes).map_err(|e| err(plot, e.to_string()))
 }
 
 /// Encodes RGB pixels as PNG with the canvas resolution in a `pHYs` chunk.
@@ -661,8 +661,8 @@ pub(crate) fn padded(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
 
 /// The values of a string field of each result that differ between results, as `field` names in
 /// order: used to build labels and subtitles from what varies and what is common.
-pub(crate) fn describe(results: &[&epi_framework::EpiResult]) -> (Vec<&'static str>, Vec<String>) {
-    type Field = (&'static str, fn(&epi_framework::EpiResult) -> &str);
+pub(crate) fn describe(results: &[&epi_core::EpiResult]) -> (Vec<&'static str>, Vec<String>) {
+    type Field = (&'static str, fn(&epi_core::EpiResult) -> &str);
     let fields: [Field; 4] = [
         ("model", |r| &r.model),
         ("quantization", |r| &r.quantization),

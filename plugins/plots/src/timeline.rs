@@ -16,10 +16,10 @@
 //! has no total (a warning says so).
 
 use crate::style::{self, err, Canvas, Figure, Mark, Palette};
-use epi_framework::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::trace::{parse_f64, Column, TraceReader};
-use epi_framework::Error;
+use epi_core::plot::{Plot, PlotError, PlotInput, PlotReport, PlotSpec};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::Error;
+use epi_trace::{parse_f64, Column, TraceReader};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -390,7 +390,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(TimelinePlot { options }))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Per-node watts over time and the cluster total, min/max per pixel column (streamed)",

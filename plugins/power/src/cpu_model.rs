@@ -12,9 +12,9 @@
 //! `/proc` not readable (not available), a named program not running (not available, naming it).
 
 use crate::host_time::HostClock;
-use epi_framework::power::{PowerError, PowerSource};
-use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{
+use epi_core::power::{PowerError, PowerSource};
+use epi_core::registry::{Factory, PluginConfig, PluginRegistration};
+use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceInfo, SourceStats,
 };
 use serde::{Deserialize, Serialize};
@@ -187,7 +187,7 @@ fn parse_pid_stat(s: &str) -> Option<(u32, String, f64)> {
     Some((ppid, comm, utime + stime))
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl PowerSource for CpuModel {
     async fn open(&mut self) -> Result<SourceInfo, PowerError> {
         let clock = HostClock::start();
@@ -280,11 +280,11 @@ impl PowerSource for CpuModel {
     }
 }
 
-fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
+fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error> {
     crate::build_source(KEY, config, CpuModel::new)
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "An ESTIMATE from CPU time: idle watts + watts per busy core (labelled modelled; no meter needed)",
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn the_coefficients_are_required_and_checked() {
-        let e = epi_framework::registry::Registry::builtin()
+        let e = epi_core::registry::Registry::builtin()
             .power(KEY, &json!({}))
             .err()
             .unwrap()

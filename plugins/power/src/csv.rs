@@ -8,13 +8,13 @@
 //! fast as they are read; `pace = "recorded"` delivers them at the recorded speed (times `speed`).
 //! A bad row ends the replay with an error naming the file, line and field.
 
-use epi_framework::power::PowerError;
-use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{
+use epi_core::power::PowerError;
+use epi_core::registry::{Factory, PluginConfig, PluginRegistration};
+use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceInfo, SourceStats,
 };
-use epi_framework::trace::{Row, TraceMeta, TraceReader};
-use epi_framework::PowerSource;
+use epi_core::PowerSource;
+use epi_trace::{Row, TraceMeta, TraceReader};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -96,7 +96,7 @@ fn to_sample(row: &Row) -> PowerSample {
     }
 }
 
-fn io_error(e: epi_framework::Error) -> PowerError {
+fn io_error(e: epi_core::Error) -> PowerError {
     PowerError::Io {
         source_key: KEY.into(),
         message: e.to_string(),
@@ -198,7 +198,7 @@ impl CsvReplay {
     }
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl PowerSource for CsvReplay {
     async fn open(&mut self) -> Result<SourceInfo, PowerError> {
         let path = &self.config.path;
@@ -298,11 +298,11 @@ impl PowerSource for CsvReplay {
     }
 }
 
-fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
+fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error> {
     crate::build_source(KEY, config, CsvReplay::new)
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "replay of a recorded trace CSV (with its .meta.json provenance), fast or at recorded speed",
@@ -313,8 +313,8 @@ epi_framework::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epi_framework::sample::SourceEvent;
-    use epi_framework::trace::TraceWriter;
+    use epi_core::sample::SourceEvent;
+    use epi_trace::TraceWriter;
 
     fn write_trace(path: &std::path::Path, rows: usize) -> Vec<PowerSample> {
         let mut w = TraceWriter::create(path, Duration::from_secs(1)).unwrap();

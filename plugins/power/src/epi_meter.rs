@@ -29,12 +29,12 @@
 //!   ([`SourceStats::reconnects`], [`SourceStats::disconnected_ms`]).
 
 use crate::host_time::{Arrival, HostClock};
-use epi_framework::power::PowerError;
-use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{
+use epi_core::power::PowerError;
+use epi_core::registry::{Factory, PluginConfig, PluginRegistration};
+use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
-use epi_framework::PowerSource;
+use epi_core::PowerSource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -1292,7 +1292,7 @@ impl EpiMeter {
     }
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl PowerSource for EpiMeter {
     async fn open(&mut self) -> Result<SourceInfo, PowerError> {
         let clock = HostClock::start();
@@ -1393,11 +1393,11 @@ impl PowerSource for EpiMeter {
     }
 }
 
-fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
+fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error> {
     crate::build_source(KEY, config, EpiMeter::new)
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "epi-meter board on a serial port (UART JSON lines v1): per-node AC W, V, A, PF, Wh",
@@ -1754,7 +1754,7 @@ mod tests {
         assert!(e.contains("missing field `port`"), "{e}");
     }
 
-    use epi_framework::Registry;
+    use epi_core::Registry;
 
     #[tokio::test]
     async fn a_missing_port_is_not_available_with_a_hint() {

@@ -5,7 +5,7 @@
 
 use crate::epi_meter::{FieldNames, Framed, LineSplitter, MeterStream};
 use crate::host_time::Arrival;
-use epi_framework::sample::{PowerSample, SourceEvent, SourceStats};
+use epi_core::sample::{PowerSample, SourceEvent, SourceStats};
 
 /// What the meter's stream delivers, one step at a time.
 #[derive(Debug, Clone, PartialEq)]

@@ -24,16 +24,16 @@ pub fn link() {
 /// running source built from it; a build error becomes a plugin error naming the key.
 pub(crate) fn build_source<C, S, E>(
     key: &str,
-    config: &epi_framework::registry::PluginConfig,
+    config: &epi_core::registry::PluginConfig,
     new: impl FnOnce(C) -> Result<S, E>,
-) -> Result<Box<dyn epi_framework::power::PowerSource>, epi_framework::Error>
+) -> Result<Box<dyn epi_core::power::PowerSource>, epi_core::Error>
 where
     C: serde::de::DeserializeOwned,
-    S: epi_framework::power::PowerSource + 'static,
+    S: epi_core::power::PowerSource + 'static,
     E: std::fmt::Display,
 {
-    let c: C = epi_framework::registry::parse_config(key, config)?;
-    let source = new(c).map_err(|e| epi_framework::Error::Configuration {
+    let c: C = epi_core::registry::parse_config(key, config)?;
+    let source = new(c).map_err(|e| epi_core::Error::Configuration {
         plugin: key.into(),
         message: e.to_string(),
     })?;

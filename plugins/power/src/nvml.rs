@@ -19,12 +19,12 @@
 //! the real GPUs of the machine.
 
 use crate::host_time::{Arrival, HostClock};
-use epi_framework::power::PowerError;
-use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{
+use epi_core::power::PowerError;
+use epi_core::registry::{Factory, PluginConfig, PluginRegistration};
+use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
-use epi_framework::PowerSource;
+use epi_core::PowerSource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -591,7 +591,7 @@ impl NvmlSource {
     }
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl PowerSource for NvmlSource {
     async fn open(&mut self) -> Result<SourceInfo, PowerError> {
         let api = RealNvml::init(self.config.library_path.as_deref())?;
@@ -634,11 +634,11 @@ impl PowerSource for NvmlSource {
     }
 }
 
-fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
+fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error> {
     crate::build_source(KEY, config, NvmlSource::new)
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "NVIDIA GPUs through NVML: total-energy counter (Volta+), polled power otherwise",
@@ -959,7 +959,7 @@ mod tests {
 
     #[test]
     fn configuration_is_checked_without_io() {
-        let r = epi_framework::Registry::builtin();
+        let r = epi_core::Registry::builtin();
         assert!(r.power(KEY, &serde_json::json!({})).is_ok());
         let e = r
             .power(KEY, &serde_json::json!({"stall_limit_ms": 50}))

@@ -13,7 +13,7 @@
 //! never a torn page; the file's bytes are never copied. Table and column names are checked to be
 //! plain identifiers (`[A-Za-z_][A-Za-z0-9_]*`) and double-quoted; the only other values in the
 //! SQL are integers this module formatted itself. Every argument of the remote command is quoted
-//! by [`epi_framework::ssh`], which also verifies the host key against known_hosts.
+//! by [`epi_ssh`], which also verifies the host key against known_hosts.
 //!
 //! Clocks (`measurement-methodology.md` §5): the Orchestrator's clock offset is measured at
 //! `open` and at the end (round-trip midpoint of a remote `date +%s%N`, the tightest of
@@ -26,13 +26,13 @@
 //! `seq` gaps count lost samples per node; `seq` and `meter_t_ms` going back count a reboot.
 
 use crate::host_time::HostClock;
-use epi_framework::power::PowerError;
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{
+use epi_core::power::PowerError;
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
-use epi_framework::ssh::{ClockOffset, RemoteExit, SshError, SshOptions, SshSession};
-use epi_framework::PowerSource;
+use epi_core::PowerSource;
+use epi_ssh::{ClockOffset, RemoteExit, SshError, SshOptions, SshSession};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -741,10 +741,7 @@ impl OrchestratorSource {
         details.insert("timeline_zero_utc_ms".into(), json!(self.zero_utc_ms));
         // t_ms is host UTC (the Orchestrator's clock corrected by the measured offset) minus the
         // zero: runs map it to their clock through UTC, not through arrival times (polls lag).
-        details.insert(
-            epi_framework::run::recorder::TIMELINE_IS_HOST_UTC.into(),
-            json!(true),
-        );
+        details.insert(epi_core::sample::TIMELINE_IS_HOST_UTC.into(), json!(true));
         if let Some(o) = &self.offset_start {
             details.insert("clock_offset_start".into(), json!(o));
             details.insert("clock_offset_applied_ms".into(), json!(o.offset_ms));
@@ -1159,7 +1156,7 @@ impl OrchestratorSource {
     }
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl PowerSource for OrchestratorSource {
     async fn open(&mut self) -> Result<SourceInfo, PowerError> {
         let r = self.open_inner().await;
@@ -1253,9 +1250,9 @@ impl PowerSource for OrchestratorSource {
     }
 }
 
-fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
+fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error> {
     let c: OrchestratorConfig = parse_config(KEY, config)?;
-    let source = OrchestratorSource::new(c).map_err(|e| epi_framework::Error::Plugin {
+    let source = OrchestratorSource::new(c).map_err(|e| epi_core::Error::Plugin {
         plugin: KEY.into(),
         message: match e {
             PowerError::Config { message, .. } => format!("configuration: {message}"),
@@ -1265,7 +1262,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::E
     Ok(Box::new(source))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Orchestrator Pi's SQLite telemetry over SSH (sqlite3 CLI, read transactions): tail live rows or pull a UTC window; clock offset measured and applied",

@@ -14,13 +14,13 @@
 //! by root (Linux ≥ 5.10) makes `open` fail with [`PowerError::NotAvailable`] and the fix.
 
 use crate::host_time::HostClock;
-use epi_framework::energy::CounterUnwrapper;
-use epi_framework::power::PowerError;
-use epi_framework::registry::{Factory, PluginConfig, PluginRegistration};
-use epi_framework::sample::{
+use epi_core::energy::CounterUnwrapper;
+use epi_core::power::PowerError;
+use epi_core::registry::{Factory, PluginConfig, PluginRegistration};
+use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
 };
-use epi_framework::PowerSource;
+use epi_core::PowerSource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -402,7 +402,7 @@ impl Rapl {
     }
 }
 
-#[epi_framework::async_trait]
+#[epi_core::async_trait]
 impl PowerSource for Rapl {
     async fn open(&mut self) -> Result<SourceInfo, PowerError> {
         let clock = HostClock::start();
@@ -578,11 +578,11 @@ fn cpu_model() -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_framework::Error> {
+fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error> {
     crate::build_source(KEY, config, Rapl::new)
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Linux powercap RAPL counters: every CPU package and DRAM zone (intel-rapl, amd-rapl)",
@@ -814,7 +814,7 @@ mod tests {
 
     #[test]
     fn configuration_is_checked_without_io() {
-        let r = epi_framework::Registry::builtin();
+        let r = epi_core::Registry::builtin();
         assert!(r
             .power(KEY, &serde_json::json!({"sysfs_root": "/nonexistent"}))
             .is_ok());

@@ -5,7 +5,7 @@
 //! adds exactly the counter's increase (across a wrap: what was left to the range plus the new
 //! reading). Fails with the shrunk sequence of readings.
 
-use epi_framework::PowerSource;
+use epi_core::PowerSource;
 use epi_power::rapl::{Rapl, RaplConfig};
 use proptest::prelude::*;
 use std::fs;

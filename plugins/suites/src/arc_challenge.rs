@@ -7,11 +7,11 @@ use crate::data::{
 };
 use crate::fewshot::{plan, FewshotSelection, PlanInput, Sampler};
 use crate::mc::{self, McDoc};
-use epi_framework::backend::ScoringMode;
-use epi_framework::error::{InputError, Location};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
-use epi_framework::Error;
+use epi_core::backend::ScoringMode;
+use epi_core::error::{InputError, Location};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
+use epi_core::Error;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -319,7 +319,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "ARC-Challenge, 25-shot, acc/acc_norm exactly as lm-evaluation-harness (headline acc_norm)",
@@ -330,7 +330,7 @@ epi_framework::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epi_framework::registry::Registry;
+    use epi_core::registry::Registry;
 
     fn sha256(s: &str) -> String {
         crate::sha256_hex(s)
@@ -396,7 +396,7 @@ mod tests {
             ));
             assert_eq!(form.question.choices, item.choices);
             assert_eq!(Some(form.question.gold), item.gold);
-            let p = epi_framework::generative::generative_prompt(item);
+            let p = epi_core::generative::generative_prompt(item);
             assert!(p.starts_with(GENERATIVE_DESCRIPTION));
             assert_eq!(
                 p.matches("\nAnswer: ").count(),
@@ -414,7 +414,7 @@ mod tests {
         }
         let zero = suite(serde_json::json!({ "shots": 0, "limit": 1 }));
         assert_eq!(zero.info().benchmark_key, "arc_challenge_0shot");
-        let p = epi_framework::generative::generative_prompt(&zero.items().unwrap()[0]);
+        let p = epi_core::generative::generative_prompt(&zero.items().unwrap()[0]);
         assert!(!p.contains("Answer: "), "{p}");
     }
 

@@ -6,8 +6,8 @@ use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type,
     UInt32Type, UInt64Type, UInt8Type,
 };
-use epi_framework::error::{InputError, Location};
-use epi_framework::suite::SuiteError;
+use epi_core::error::{InputError, Location};
+use epi_core::suite::SuiteError;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::de::DeserializeOwned;
 use serde_json::Value;

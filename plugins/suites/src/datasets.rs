@@ -4,7 +4,7 @@
 //! transfer itself is the CLI's; everything here works offline.
 
 use crate::{arc_challenge, hellaswag, mmlu};
-use epi_framework::suite::SuiteError;
+use epi_core::suite::SuiteError;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};

@@ -9,11 +9,11 @@ use crate::data::{
 use crate::fewshot::{plan, FewshotSelection, PlanInput, Sampler};
 use crate::mc::{self, McDoc};
 use crate::pystr::{capitalize, strip};
-use epi_framework::backend::ScoringMode;
-use epi_framework::error::{InputError, Location};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
-use epi_framework::Error;
+use epi_core::backend::ScoringMode;
+use epi_core::error::{InputError, Location};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
+use epi_core::Error;
 use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -345,7 +345,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "HellaSwag, 10-shot, acc/acc_norm exactly as lm-evaluation-harness (headline acc_norm)",
@@ -357,7 +357,7 @@ epi_framework::inventory::submit! {
 mod tests {
     use super::*;
     use crate::data::testutil;
-    use epi_framework::registry::Registry;
+    use epi_core::registry::Registry;
 
     fn sha256(s: &str) -> String {
         crate::sha256_hex(s)
@@ -511,7 +511,7 @@ mod tests {
             ));
             assert_eq!(form.question.question, item.question);
             assert_eq!(form.question.choices, item.choices);
-            let p = epi_framework::generative::generative_prompt(&item);
+            let p = epi_core::generative::generative_prompt(&item);
             assert!(p.starts_with(GENERATIVE_DESCRIPTION));
             assert!(p.ends_with(&format!(
                 "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",

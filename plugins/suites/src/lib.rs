@@ -43,15 +43,12 @@ pub(crate) fn sha256_hex(s: &str) -> String {
 
 /// The registered suite `key` on the repository's test data, with `extra` settings.
 #[cfg(test)]
-pub(crate) fn test_suite(
-    key: &str,
-    extra: serde_json::Value,
-) -> Box<dyn epi_framework::suite::Suite> {
+pub(crate) fn test_suite(key: &str, extra: serde_json::Value) -> Box<dyn epi_core::suite::Suite> {
     let mut cfg = serde_json::json!({ "data_dir": testdata() });
     if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
         c.extend(e.clone());
     }
-    epi_framework::registry::Registry::builtin()
+    epi_core::registry::Registry::builtin()
         .suite(key, &cfg)
         .unwrap()
 }

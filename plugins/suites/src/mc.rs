@@ -2,10 +2,10 @@
 //! the scoring of outcomes.
 
 use crate::fewshot::Planned;
-use epi_framework::backend::ScoringMode;
-use epi_framework::generative::{GenerativeForm, LetteredQuestion};
-use epi_framework::metrics::wilson_ci95;
-use epi_framework::suite::{ItemOutcome, MetricValue, SuiteItem, SuiteScore};
+use epi_core::backend::ScoringMode;
+use epi_core::generative::{GenerativeForm, LetteredQuestion};
+use epi_core::metrics::wilson_ci95;
+use epi_core::suite::{ItemOutcome, MetricValue, SuiteItem, SuiteScore};
 use std::collections::BTreeMap;
 
 /// lm-eval's `target_delimiter`: put between the context and each choice.

@@ -13,15 +13,15 @@ use crate::data::{
 use crate::fewshot::{plan, FewshotSelection, PlanInput, Sampler};
 use crate::mc::{self, correct, mean_metric, render_context, McDoc, TARGET_DELIMITER};
 use crate::pystr::strip;
-use epi_framework::backend::ScoringMode;
-use epi_framework::error::{InputError, Location};
-use epi_framework::generative::LetteredQuestion;
-use epi_framework::metrics::{effective_n, wilson_ci95};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::suite::{
+use epi_core::backend::ScoringMode;
+use epi_core::error::{InputError, Location};
+use epi_core::generative::LetteredQuestion;
+use epi_core::metrics::{effective_n, wilson_ci95};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::suite::{
     ItemOutcome, MetricValue, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore,
 };
-use epi_framework::Error;
+use epi_core::Error;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -552,7 +552,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)?))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "MMLU, 57 subjects, 5-shot, acc exactly as lm-evaluation-harness (headline: unweighted mean of subjects)",
@@ -563,7 +563,7 @@ epi_framework::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epi_framework::registry::Registry;
+    use epi_core::registry::Registry;
 
     fn sha256(s: &str) -> String {
         crate::sha256_hex(s)
@@ -641,9 +641,9 @@ mod tests {
     fn generative_prompts_are_lm_evals_generative_mmlu() {
         let s = suite(serde_json::json!({ "subjects": ["abstract_algebra"], "limit": 3 }));
         for item in s.items().unwrap() {
-            let p = epi_framework::generative::generative_prompt(&item);
+            let p = epi_core::generative::generative_prompt(&item);
             assert_eq!(p, item.context, "{}", item.doc_id);
-            assert_eq!(epi_framework::generative::shots_sent(&item), 5);
+            assert_eq!(epi_core::generative::shots_sent(&item), 5);
             assert!(!p.contains("\nA. A\n"), "{p}");
             assert_eq!(
                 p.matches("\nA. ").count(),
@@ -661,11 +661,8 @@ mod tests {
             suite(serde_json::json!({ "subjects": ["abstract_algebra"], "limit": 1, "shots": 0 }));
         assert_eq!(zero.info().benchmark_key, "mmlu_0shot");
         let item = &zero.items().unwrap()[0];
-        assert_eq!(epi_framework::generative::shots_sent(item), 0);
-        assert_eq!(
-            epi_framework::generative::generative_prompt(item),
-            item.context
-        );
+        assert_eq!(epi_core::generative::shots_sent(item), 0);
+        assert_eq!(epi_core::generative::generative_prompt(item), item.context);
         assert!(!item.context.contains("Answer: "));
     }
 

@@ -5,11 +5,11 @@
 //! The file is either plain text, one prompt per line (blank lines skipped), or JSON Lines
 //! (`.jsonl`) with a string field `prompt` on every non-blank line (other fields ignored).
 
-use epi_framework::backend::ScoringMode;
-use epi_framework::error::{InputError, Location};
-use epi_framework::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
-use epi_framework::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
-use epi_framework::Error;
+use epi_core::backend::ScoringMode;
+use epi_core::error::{InputError, Location};
+use epi_core::registry::{parse_config, Factory, PluginConfig, PluginRegistration};
+use epi_core::suite::{ItemOutcome, Suite, SuiteError, SuiteInfo, SuiteItem, SuiteScore};
+use epi_core::Error;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,7 +157,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)))
 }
 
-epi_framework::inventory::submit! {
+epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "A custom prompt file (one per line, or JSONL `prompt`): energy per token only, no accuracy",
@@ -168,7 +168,7 @@ epi_framework::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use epi_framework::registry::Registry;
+    use epi_core::registry::Registry;
 
     fn suite(cfg: serde_json::Value) -> Box<dyn Suite> {
         Registry::builtin().suite(KEY, &cfg).unwrap()

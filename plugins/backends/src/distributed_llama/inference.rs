@@ -20,8 +20,8 @@
 
 use super::inference_log::{self, LogFormat};
 use super::{DllamaBackend, KEY};
-use epi_framework::backend::{BackendError, GenerateRequest, GenerateResponse, TokenCountSource};
-use epi_framework::ssh::ProcessEvent;
+use epi_core::backend::{BackendError, GenerateRequest, GenerateResponse, TokenCountSource};
+use epi_ssh::ProcessEvent;
 use std::time::{Duration, Instant};
 
 /// `--steps` for `prompt` and `max_tokens`: `inference_steps` when set, else an upper bound of the
@@ -47,7 +47,7 @@ struct Read {
     out: String,
     err_tail: Vec<String>,
     /// `Some` when the process ended by itself.
-    status: Option<Option<epi_framework::ssh::RemoteExit>>,
+    status: Option<Option<epi_ssh::RemoteExit>>,
     /// When the last counted token line arrived.
     last_token_at: Option<Instant>,
 }
@@ -173,7 +173,7 @@ impl DllamaBackend {
 }
 
 /// The error of a run that ended unsuccessfully: its `Critical error` line and last lines.
-fn failed(status: Option<epi_framework::ssh::RemoteExit>, read: &Read) -> BackendError {
+fn failed(status: Option<epi_ssh::RemoteExit>, read: &Read) -> BackendError {
     let critical = read
         .out
         .lines()

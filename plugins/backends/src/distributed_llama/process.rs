@@ -23,8 +23,8 @@
 //! CLI displays). A process that neither gets ready nor fails is stopped after the limit, and the
 //! error says what was checked and what it printed (noting that unflushed output is missing).
 
-use epi_framework::backend::StartupProgress;
-use epi_framework::ssh::{ProcessEvent, RemoteProcess, SshSession};
+use epi_core::backend::StartupProgress;
+use epi_ssh::{ProcessEvent, RemoteProcess, SshSession};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -328,7 +328,7 @@ pub struct Readiness {
     pub doing: String,
 }
 
-/// Why a wait failed: the message, ready for [`epi_framework::backend::BackendError::Setup`].
+/// Why a wait failed: the message, ready for [`epi_core::backend::BackendError::Setup`].
 pub type WaitError = String;
 
 /// Polls until `d` is ready (module documentation), publishing progress on `progress`; returns

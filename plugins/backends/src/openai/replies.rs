@@ -3,7 +3,7 @@
 //! saying what was missing or malformed instead of guessing.
 
 use crate::loglik::{Fidelity, TopN};
-use epi_framework::backend::ContinuationScore;
+use epi_core::backend::ContinuationScore;
 use serde_json::Value;
 
 pub(super) fn finish_reason(choice: &Value) -> Option<String> {

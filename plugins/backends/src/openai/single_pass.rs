@@ -32,7 +32,7 @@
 use super::replies::parse_top_n;
 use super::{OpenAiBackend, Session};
 use crate::loglik::{Fidelity, TopN};
-use epi_framework::backend::BackendError;
+use epi_core::backend::BackendError;
 use serde_json::{json, Value};
 
 /// Largest difference (nats) between the single-pass method and a full evaluation that the start-up

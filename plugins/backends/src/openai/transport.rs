@@ -19,7 +19,7 @@
 use super::replies::{error_message, finish_reason, snippet, usage_counts};
 use super::{validate_body, OpenAiBackend, Session};
 use crate::sse::SseReader;
-use epi_framework::backend::BackendError;
+use epi_core::backend::BackendError;
 use serde_json::Value;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,8 +3,8 @@
 //! rows into samples — on text given here instead of read over SSH. Nothing here does I/O.
 
 use super::{parse_reply, OrchestratorConfig, OrchestratorSource};
-use epi_framework::power::PowerError;
-use epi_framework::sample::{PowerSample, SourceEvent, SourceStats};
+use epi_core::power::PowerError;
+use epi_core::sample::{PowerSample, SourceEvent, SourceStats};
 
 /// What the source made of a sequence of `sqlite3` replies.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! a real `sshd` on 127.0.0.1 and a real SQLite database in WAL mode being written while it is read.
 
 use super::*;
-use epi_framework::testing::{require_tool, Sshd};
+use epi_ssh::testing::{require_tool, Sshd};
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -539,8 +539,7 @@ fn host_key_and_user_key_are_checked() {
         s.close().await.unwrap();
 
         let wrong = dir.path().join("wrong_key");
-        epi_framework::testing::generate_key(&wrong, epi_framework::testing::KeyType::Ed25519)
-            .unwrap();
+        epi_ssh::testing::generate_key(&wrong, epi_ssh::testing::KeyType::Ed25519).unwrap();
         let mut v = config_for(&sshd, &path);
         v["identity"] = json!(wrong);
         let e = build(&v).unwrap().open().await.unwrap_err().to_string();
