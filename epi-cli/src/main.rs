@@ -25,6 +25,13 @@ struct Cli {
     /// Load a dynamic plugin library (repeatable).
     #[arg(long = "plugin", global = true, value_name = "LIB")]
     plugins: Vec<PathBuf>,
+    /// Set any configuration value by its dotted path in epi-bench.toml, e.g.
+    /// `power.epi-meter.port=/dev/ttyUSB1`, `backend.openai.top_n=500`, `run.repetitions=5`
+    /// (VALUE a TOML value, else a bare string; repeatable). A bare KEY is a setting of the
+    /// command's own plugin (`epi monitor`, `epi trace pull`). `epi list plugins --details KEY`
+    /// lists a plugin's settings.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +77,7 @@ enum Command {
 fn main() -> ExitCode {
     plugins::link_all();
     let cli = Cli::parse();
-    let ctx = match Context::load(cli.config.as_ref(), &cli.plugins) {
+    let ctx = match Context::load(cli.config.as_ref(), &cli.plugins, &cli.sets) {
         Ok(c) => c,
         Err(e) => return report(e),
     };

@@ -8,14 +8,15 @@ use crate::progress::Progress;
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use epi_framework::backend::{InferenceBackend, ScoringMode};
-use epi_framework::config::merge_config;
+use epi_framework::config::Override;
 use epi_framework::registry::{PluginConfig, PluginKind};
 use epi_framework::run::report::RepetitionReport;
 use epi_framework::run::{
     FailureKind, RunDir, RunEngine, RunLabels, RunOptions, RunOutcome, RunPower, RunStatus,
     SuiteSpec,
 };
-use serde_json::{json, Map, Value};
+use epi_framework::settings::parse_assignment;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,19 +121,13 @@ pub struct LabelArgs {
 }
 
 /// Parses `KEY=VALUE`: the value as TOML (`50`, `true`, `"x"`, `[1, 2]`), else as a string.
-pub fn parse_option(s: &str, flag: &str) -> Result<(String, Value)> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| anyhow!("{flag} `{s}`: expected KEY=VALUE (e.g. top_n=50)"))?;
-    let key = k.trim();
-    if key.is_empty() {
-        bail!("{flag} `{s}`: the key is empty");
-    }
-    let value = match toml::from_str::<toml::Table>(&format!("v = {}", v.trim())) {
-        Ok(t) => serde_json::to_value(&t["v"]).unwrap_or(Value::String(v.trim().to_string())),
-        Err(_) => Value::String(v.trim().to_string()),
-    };
-    Ok((key.to_string(), value))
+pub fn parse_option(s: &str, flag: &str) -> Result<Override> {
+    let (path, value) = parse_assignment(s).map_err(|m| anyhow!(Usage(format!("{flag} {m}"))))?;
+    Ok(Override {
+        flag: format!("{flag} {s}"),
+        path,
+        value,
+    })
 }
 
 /// A usage error (exit 2) with its message.
@@ -159,32 +154,49 @@ pub fn backend_key(ctx: &Context, a: &BackendArgs) -> Result<String> {
         })
 }
 
-/// The backend's configuration: its `[backend.<key>]` table, overridden by flags.
+/// The backend's configuration: its `[backend.<key>]` table (and `--set`), with the flags that
+/// alias its settings over it, checked against the backend's description (`--url` to a backend
+/// without a `url` is refused, naming both).
 pub fn backend_config(ctx: &Context, key: &str, a: &BackendArgs) -> Result<PluginConfig> {
-    let mut o = Map::new();
-    let mut set = |k: &str, v: Option<Value>| {
+    let mut o = Vec::new();
+    let mut set = |flag: &str, k: &str, v: Option<Value>| {
         if let Some(v) = v {
-            o.insert(k.to_string(), v);
+            o.push(Override::flag(flag, k, v));
         }
     };
-    set("url", a.url.clone().map(Value::String));
-    set("model", a.model.clone().map(Value::String));
-    set("api_key_env", a.api_key_env.clone().map(Value::String));
-    set("hosts", (!a.hosts.is_empty()).then(|| json!(a.hosts)));
-    set("ssh_user", a.ssh_user.clone().map(Value::String));
-    set("ssh_port", a.ssh_port.map(|p| json!(p)));
-    set("ssh_key", a.ssh_key.as_ref().map(|p| json!(p)));
-    set("known_hosts", a.known_hosts.as_ref().map(|p| json!(p)));
+    set("--url", "url", a.url.clone().map(Value::String));
+    set("--model", "model", a.model.clone().map(Value::String));
     set(
+        "--api-key-env",
+        "api_key_env",
+        a.api_key_env.clone().map(Value::String),
+    );
+    set(
+        "--hosts",
+        "hosts",
+        (!a.hosts.is_empty()).then(|| json!(a.hosts)),
+    );
+    set(
+        "--ssh-user",
+        "ssh_user",
+        a.ssh_user.clone().map(Value::String),
+    );
+    set("--ssh-port", "ssh_port", a.ssh_port.map(|p| json!(p)));
+    set("--ssh-key", "ssh_key", a.ssh_key.as_ref().map(|p| json!(p)));
+    set(
+        "--known-hosts",
+        "known_hosts",
+        a.known_hosts.as_ref().map(|p| json!(p)),
+    );
+    set(
+        "--accept-new-host-key",
         "accept_new_host_key",
         a.accept_new_host_key.then_some(Value::Bool(true)),
     );
     for opt in &a.backend_options {
-        let (k, v) = parse_option(opt, "--backend-option")?;
-        o.insert(k, v);
+        o.push(parse_option(opt, "--backend-option")?);
     }
-    let base = ctx.config.plugin_config(PluginKind::Backend, key);
-    Ok(merge_config(&base, &Value::Object(o)))
+    ctx.plugin_settings(PluginKind::Backend, key, &o)
 }
 
 fn suite_config(
@@ -194,12 +206,13 @@ fn suite_config(
     key: &str,
 ) -> Result<PluginConfig> {
     let base = ctx.config.plugin_config(PluginKind::Suite, key);
-    let mut o = Map::new();
+    let mut o = Vec::new();
     for opt in &a.suite_options {
-        let (k, v) = parse_option(opt, "--suite-option")?;
-        let (suite, k) = k.split_once('.').ok_or_else(|| {
-            anyhow!("--suite-option `{opt}`: expected SUITE.KEY=VALUE (e.g. mmlu.subjects=[\"anatomy\"])")
-        })?;
+        let mut over = parse_option(opt, "--suite-option")?;
+        if over.path.len() < 2 {
+            bail!("--suite-option `{opt}`: expected SUITE.KEY=VALUE (e.g. mmlu.subjects=[\"anatomy\"])");
+        }
+        let suite = over.path.remove(0);
         if !suites.iter().any(|s| s.trim() == suite) {
             bail!(
                 "--suite-option `{opt}`: `{suite}` is not one of the suites run ({})",
@@ -207,26 +220,22 @@ fn suite_config(
             );
         }
         if suite == key {
-            o.insert(k.to_string(), v);
+            o.push(over);
         }
     }
     if let Some(n) = a.limit.or(ctx.config.run.limit) {
-        o.insert("limit".into(), json!(n));
+        o.push(Override::flag("--limit", "limit", n));
     }
     if let Some(n) = a.num_fewshot.or(ctx.config.run.num_fewshot) {
-        o.insert("shots".into(), json!(n));
+        o.push(Override::flag("--num-fewshot", "shots", n));
     }
     let has_dir = base.get("data_dir").is_some_and(|d| !d.is_null());
     match (&a.data_dir, &ctx.config.general.data_dir) {
-        (Some(d), _) => {
-            o.insert("data_dir".into(), json!(d));
-        }
-        (None, Some(d)) if !has_dir => {
-            o.insert("data_dir".into(), json!(d));
-        }
+        (Some(d), _) => o.push(Override::flag("--data-dir", "data_dir", json!(d))),
+        (None, Some(d)) if !has_dir => o.push(Override::flag("--data-dir", "data_dir", json!(d))),
         _ => {}
     }
-    Ok(merge_config(&base, &Value::Object(o)))
+    ctx.plugin_settings(PluginKind::Suite, key, &o)
 }
 
 /// Builds the suites and loads their items (before anything starts on a cluster).

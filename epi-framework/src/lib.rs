@@ -6,7 +6,7 @@
 //!
 //! | module | crate | what |
 //! |---|---|---|
-//! | [`backend`], [`power`], [`suite`], [`scorer`], [`plot`], [`registry`], [`sample`], [`records`] (types), [`benchmark`], [`result`], [`energy`], [`metrics`], [`error`], [`config`], [`generative`], [`jsonio`] | `epi-core` | the contract: traits, data model, registry, the energy kernel, metric formulas |
+//! | [`backend`], [`power`], [`suite`], [`scorer`], [`plot`], [`registry`], [`settings`], [`sample`], [`records`] (types), [`benchmark`], [`result`], [`energy`], [`metrics`], [`error`], [`config`], [`generative`], [`jsonio`] | `epi-core` | the contract: traits, data model, registry, the energy kernel, metric formulas |
 //! | [`trace`] | `epi-trace` | the trace CSV reader (SIMD), streaming integration, windows, writer |
 //! | [`records`] (files) | `epi-records` | `records.jsonl` and `records.arrow` |
 //! | [`ssh`], [`testing`] | `epi-ssh` | the SSH client; a real sshd for tests |
@@ -24,7 +24,7 @@ pub use epi_core::{
 };
 pub use epi_core::{
     backend, benchmark, config, energy, error, generative, jsonio, metrics, plot, power, registry,
-    result, sample, scorer, suite,
+    result, sample, scorer, settings, suite,
 };
 pub use epi_dynamic as dynamic;
 pub use epi_resultsdb as resultsdb;

@@ -9,6 +9,7 @@ mod eval;
 mod faults;
 mod monitor;
 mod plots;
+mod plugins;
 mod profile;
 mod results;
 mod schemas;

@@ -319,7 +319,7 @@ fn bad_times_and_missing_settings_are_usage_errors() {
     );
     assert_eq!(o.status.code(), Some(3));
     assert!(
-        stderr(&o).contains("no Orchestrator host"),
+        stderr(&o).contains("missing field `host`"),
         "{}",
         stderr(&o)
     );

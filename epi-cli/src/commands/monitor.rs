@@ -7,12 +7,14 @@
 //! epi monitor --host orchestrator.local --user pi [--ssh-port 22] [--identity KEY] [--known-hosts F] [--accept-new-host-key] ...
 //! ```
 //!
-//! Every source is built through the registry (`ctx.registry.power(key, &config)`): the flags are
-//! turned into the source's configuration keys (`--port` → `port`, `--baud` → `baud`, `--file` →
-//! `path`, `--host` → `host`, `--user` → `user`, `--ssh-port` → `port`, `--identity` → `identity`,
-//! `--known-hosts` → `known_hosts`, `--accept-new-host-key` → `accept_new_host_key`, `--set K=V` →
-//! `K`) and merged over the configuration file's table for that source (`[power.<key>]`, or
-//! `[orchestrator]`); the source itself rejects keys it does not know.
+//! Every source is built through the registry (`ctx.registry.power(key, &config)`). The flags are
+//! aliases of settings (`--port` → `port`, `--baud` → `baud`, `--file` → `path`, `--host` →
+//! `host`, `--user` → `user`, `--ssh-port` → `port`, `--identity` → `identity`, `--known-hosts` →
+//! `known_hosts`, `--accept-new-host-key` → `accept_new_host_key`; a bare `--set K=V` → `K`),
+//! applied over the source's table in the configuration file (`[power.<key>]`, or a table the
+//! source declares as its alias) and checked against the source's own description: a setting it
+//! does not have is refused, naming the flag. Without `--power`, the one source that has every
+//! setting the flags give is used (`--host` picks the Orchestrator, the one with a `host`).
 //!
 //! `--record` writes the trace CSV and its `.meta.json` sidecar through the framework's
 //! [`TraceRecorder`] — the recorder every run uses (rows flushed at least every second, so a kill
@@ -23,14 +25,14 @@
 use crate::context::Context;
 use anyhow::{Context as _, Result};
 use clap::Args;
-use epi_framework::config::merge_config;
+use epi_framework::config::Override;
 use epi_framework::power::PowerError;
 use epi_framework::registry::PluginKind;
 use epi_framework::run::recorder::TraceRecorder;
 use epi_framework::sample::{PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats};
 use epi_framework::trace::TraceMeta;
 use epi_framework::PowerSource;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -75,10 +77,6 @@ pub struct MonitorArgs {
     /// setting `accept_new_host_key`); a changed key is still refused.
     #[arg(long = "accept-new-host-key")]
     pub accept_new_host_key: bool,
-    /// Any other setting of the source, KEY=VALUE; VALUE is read as JSON when it parses
-    /// (50, true, ["package"]) and as a string otherwise. Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
     /// Redraw a table per channel in place (W, V, A, PF, energy, sample rate, lost and bad lines).
     #[arg(long)]
     pub live: bool,
@@ -99,60 +97,77 @@ pub struct MonitorArgs {
 /// A usage or configuration problem: message and exit code.
 struct Refusal(u8, String);
 
-/// The flags as the source's configuration keys (`null`: not given).
-fn overrides(a: &MonitorArgs) -> Result<Value, Refusal> {
+/// The flags that alias settings of the source (`--port` → `port`, `--file` → `path`, ...): only
+/// those given. Which source has which setting is the source's own description's business.
+fn overrides(a: &MonitorArgs) -> Result<Vec<Override>, Refusal> {
     if a.port.is_some() && a.ssh_port.is_some() {
         return Err(Refusal(2, "--port (a serial device) and --ssh-port (an SSH port) both set the source's `port`: give one".into()));
     }
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map(|p| Value::from(p.display().to_string()))
-            .unwrap_or(Value::Null)
-    };
-    let mut m = Map::new();
-    m.insert(
-        "port".into(),
-        a.port
-            .clone()
-            .map(Value::from)
-            .or(a.ssh_port.map(Value::from))
-            .unwrap_or(Value::Null),
-    );
-    m.insert(
-        "baud".into(),
-        a.baud.map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert("path".into(), path(&a.file));
-    m.insert(
-        "host".into(),
-        a.host.clone().map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert(
-        "user".into(),
-        a.user.clone().map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert("identity".into(), path(&a.identity));
-    m.insert("known_hosts".into(), path(&a.known_hosts));
-    m.insert(
-        "accept_new_host_key".into(),
-        if a.accept_new_host_key {
-            Value::Bool(true)
-        } else {
-            Value::Null
-        },
-    );
-    for kv in &a.set {
-        let Some((k, v)) = kv.split_once('=') else {
-            return Err(Refusal(2, format!("--set {kv}: expected KEY=VALUE")));
-        };
-        let k = k.trim();
-        if k.is_empty() {
-            return Err(Refusal(2, format!("--set {kv}: the key is empty")));
+    let path = |p: &PathBuf| Value::from(p.display().to_string());
+    let mut o = Vec::new();
+    let mut flag = |f: &str, setting: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            o.push(Override::flag(f, setting, v));
         }
-        let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::from(v));
-        m.insert(k.to_string(), value);
+    };
+    flag("--port", "port", a.port.clone().map(Value::from));
+    flag("--ssh-port", "port", a.ssh_port.map(Value::from));
+    flag("--baud", "baud", a.baud.map(Value::from));
+    flag("--file", "path", a.file.as_ref().map(path));
+    flag("--host", "host", a.host.clone().map(Value::from));
+    flag("--user", "user", a.user.clone().map(Value::from));
+    flag("--identity", "identity", a.identity.as_ref().map(path));
+    flag(
+        "--known-hosts",
+        "known_hosts",
+        a.known_hosts.as_ref().map(path),
+    );
+    flag(
+        "--accept-new-host-key",
+        "accept_new_host_key",
+        a.accept_new_host_key.then_some(Value::Bool(true)),
+    );
+    Ok(o)
+}
+
+/// Without `--power`: the one source that has every setting the flags give (`--host` → the
+/// source with a `host`; `--file` → the one with a `path`).
+fn source_for_flags(ctx: &Context, flags: &[Override]) -> Result<String, String> {
+    let keys = ctx.registry.keys(PluginKind::Power);
+    if flags.is_empty() {
+        return Err(format!(
+            "choose a power source with --power KEY (one of: {})",
+            keys.join(", ")
+        ));
     }
-    Ok(Value::Object(m))
+    let fits: Vec<String> = ctx
+        .registry
+        .list(Some(PluginKind::Power))
+        .into_iter()
+        .filter(|e| {
+            e.settings.as_ref().is_some_and(|s| {
+                flags.iter().all(|o| {
+                    let p: Vec<&str> = o.path.iter().map(String::as_str).collect();
+                    s.has(&p)
+                })
+            })
+        })
+        .map(|e| e.key.clone())
+        .collect();
+    let given: Vec<&str> = flags.iter().map(|o| o.flag.as_str()).collect();
+    match fits.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "no power source takes {}: choose one with --power KEY (one of: {})",
+            given.join(" "),
+            keys.join(", ")
+        )),
+        many => Err(format!(
+            "{} fit several power sources ({}): choose one with --power KEY",
+            given.join(" "),
+            many.join(", ")
+        )),
+    }
 }
 
 /// One channel as the monitor sees it.
@@ -624,23 +639,6 @@ fn spawn_source(
 
 /// Runs `epi monitor`.
 pub fn run(ctx: &Context, a: &MonitorArgs) -> Result<ExitCode> {
-    let key = match (&a.power, &a.host) {
-        (Some(k), _) => k.clone(),
-        (None, Some(_)) => "orchestrator".to_string(),
-        (None, None) => {
-            eprintln!(
-                "error: choose a power source with --power KEY (one of: {}), or --host for the orchestrator",
-                ctx.registry.keys(PluginKind::Power).join(", ")
-            );
-            return Ok(ExitCode::from(2));
-        }
-    };
-    if !(a.every.is_finite() && a.every > 0.0)
-        || a.duration.is_some_and(|d| !(d.is_finite() && d > 0.0))
-    {
-        eprintln!("error: --every and --duration need a number of seconds > 0");
-        return Ok(ExitCode::from(2));
-    }
     let over = match overrides(a) {
         Ok(o) => o,
         Err(Refusal(code, msg)) => {
@@ -648,7 +646,43 @@ pub fn run(ctx: &Context, a: &MonitorArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(code));
         }
     };
-    let config = merge_config(&ctx.config.plugin_config(PluginKind::Power, &key), &over);
+    let key = match &a.power {
+        Some(k) => k.clone(),
+        None => match source_for_flags(ctx, &over) {
+            Ok(k) => k,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    if !(a.every.is_finite() && a.every > 0.0)
+        || a.duration.is_some_and(|d| !(d.is_finite() && d > 0.0))
+    {
+        eprintln!("error: --every and --duration need a number of seconds > 0");
+        return Ok(ExitCode::from(2));
+    }
+    let config = match ctx.config.plugin_settings(
+        &ctx.registry,
+        PluginKind::Power,
+        &key,
+        &over
+            .iter()
+            .chain(&ctx.plugin_sets)
+            .cloned()
+            .collect::<Vec<_>>(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let code = if matches!(e, epi_framework::Error::UnknownPlugin { .. }) {
+                2
+            } else {
+                3
+            };
+            return Ok(ExitCode::from(code));
+        }
+    };
     let source = match ctx.registry.power(&key, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -829,7 +863,6 @@ mod tests {
             identity: None,
             known_hosts: None,
             accept_new_host_key: false,
-            set: vec![],
             live: false,
             record: None,
             duration: None,
@@ -839,39 +872,28 @@ mod tests {
     }
 
     #[test]
-    fn flags_become_the_orchestrator_keys_over_the_file_table() {
+    fn flags_become_the_settings_they_alias_and_conflicts_are_refused() {
         let mut a = args();
         a.host = Some("orchestrator.local".into());
-        a.user = Some("pi".into());
         a.ssh_port = Some(2222);
         a.identity = Some("/k/id_ed25519".into());
         a.accept_new_host_key = true;
-        let base = json!({"host": "old", "db_path": "/home/pi/factory/telemetry.db", "port": 22});
-        let merged = merge_config(&base, &overrides(&a).ok().unwrap());
-        assert_eq!(
-            merged,
-            json!({"host": "orchestrator.local", "user": "pi", "port": 2222, "identity": "/k/id_ed25519",
-                   "accept_new_host_key": true, "db_path": "/home/pi/factory/telemetry.db"})
-        );
-        // Flags not given leave the file's values alone.
-        let merged = merge_config(&base, &overrides(&args()).ok().unwrap());
-        assert_eq!(merged, base);
-    }
-
-    #[test]
-    fn set_values_are_json_or_strings_and_conflicts_are_refused() {
-        let mut a = args();
-        a.set = vec![
-            "interval_ms=50".into(),
-            "domains=[\"package\"]".into(),
-            "sysfs_root=/tmp/x".into(),
-        ];
         let o = overrides(&a).ok().unwrap();
-        assert_eq!(o["interval_ms"], 50);
-        assert_eq!(o["domains"], json!(["package"]));
-        assert_eq!(o["sysfs_root"], "/tmp/x");
-        a.set = vec!["novalue".into()];
-        assert!(overrides(&a).is_err());
+        let got: Vec<(String, Value)> = o
+            .iter()
+            .map(|o| (o.path.join("."), o.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("port".to_string(), json!(2222)),
+                ("host".to_string(), json!("orchestrator.local")),
+                ("identity".to_string(), json!("/k/id_ed25519")),
+                ("accept_new_host_key".to_string(), json!(true)),
+            ]
+        );
+        // Flags not given set nothing.
+        assert!(overrides(&args()).ok().unwrap().is_empty());
         let mut a = args();
         a.port = Some("/dev/ttyUSB0".into());
         a.ssh_port = Some(22);

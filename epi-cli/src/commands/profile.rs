@@ -18,11 +18,11 @@ use crate::progress::Progress;
 use crate::runcmd::{self, BackendArgs, LabelArgs, SuiteArgs, Usage};
 use anyhow::{anyhow, Context as _, Result};
 use clap::Args;
-use epi_framework::config::merge_config;
+use epi_framework::config::Override;
 use epi_framework::power::PowerError;
 use epi_framework::registry::PluginKind;
 use epi_framework::run::{RunDir, RunOptions, RunPower, Warmup};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -88,23 +88,21 @@ pub struct ProfileArgs {
     pub json: bool,
 }
 
-/// The source's configuration: its `[power.<key>]` table, overridden by the flags.
+/// The source's configuration: its `[power.<key>]` table (and `--set`), with the flags that
+/// alias its settings over it (`--port`, `--baud`, `--power-option K=V`), checked against the
+/// source's description.
 fn power_config(ctx: &Context, key: &str, a: &ProfileArgs) -> Result<Value> {
-    let mut o = Map::new();
+    let mut o = Vec::new();
     if let Some(p) = &a.port {
-        o.insert("port".into(), Value::from(p.clone()));
+        o.push(Override::flag("--port", "port", p.clone()));
     }
     if let Some(b) = a.baud {
-        o.insert("baud".into(), Value::from(b));
+        o.push(Override::flag("--baud", "baud", b));
     }
     for opt in &a.power_options {
-        let (k, v) = runcmd::parse_option(opt, "--power-option")?;
-        o.insert(k, v);
+        o.push(runcmd::parse_option(opt, "--power-option")?);
     }
-    Ok(merge_config(
-        &ctx.config.plugin_config(PluginKind::Power, key),
-        &Value::Object(o),
-    ))
+    ctx.plugin_settings(PluginKind::Power, key, &o)
 }
 
 /// `--power auto`: the first source of the list that opens here (it is closed again; the run
@@ -115,7 +113,7 @@ fn resolve_auto(ctx: &Context, a: &ProfileArgs) -> Result<String> {
         .run
         .auto_power
         .clone()
-        .unwrap_or_else(|| vec!["nvml".into(), "rapl".into()]);
+        .unwrap_or_else(|| ctx.registry.auto_power());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,12 +138,19 @@ fn resolve_auto(ctx: &Context, a: &ProfileArgs) -> Result<String> {
             Err(e) => tried.push(e.to_string()),
         }
     }
+    let others: Vec<String> = ctx
+        .registry
+        .list(Some(PluginKind::Power))
+        .into_iter()
+        .filter(|e| !candidates.contains(&e.key))
+        .map(|e| format!("{} ({})", e.key, e.description))
+        .collect();
     Err(anyhow!(
         "--power auto: no power source measures on this machine (tried, in order: {}).\n  {}\n\
-         Name a source with --power (an external meter: epi-meter, orchestrator), or estimate \
-         with --power cpu-model (labelled modelled, never a measurement).",
+         Name another source with --power:\n  {}",
         candidates.join(", "),
-        tried.join("\n  ")
+        tried.join("\n  "),
+        others.join("\n  ")
     ))
 }
 

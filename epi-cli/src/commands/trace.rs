@@ -5,12 +5,14 @@
 //!                --start 2026-05-15T10:00:00Z --end 2026-05-15T10:30:00Z --output F.csv [--set KEY=VALUE ...] [--json]
 //! ```
 //!
-//! `pull` reads the rows of `[start, end)` from the Orchestrator's SQLite database with the
-//! `orchestrator` power source, built through the registry (`ctx.registry.power`) from the
-//! `[orchestrator]` table of epi-bench.toml with the flags over it (`--host` → `host`, `--user` →
-//! `user`, `--ssh-port` → `port`, `--identity` → `identity`, `--known-hosts` → `known_hosts`,
-//! `--accept-new-host-key` → `accept_new_host_key`, `--set K=V` → `K`; `mode = "window"`,
-//! `start`, `end`). It writes the trace CSV ([`TraceWriter`]) and its `.meta.json` sidecar
+//! `pull` reads the rows of `[start, end)` from a stored power log with the power source that
+//! declares the [`Capability::PastWindow`] ability (the Orchestrator's SQLite database over SSH;
+//! `--power KEY` when several do), built through the registry (`ctx.registry.power`) from its
+//! table in epi-bench.toml with the flags over it, as aliases of its settings (`--host` →
+//! `host`, `--user` → `user`, `--ssh-port` → `port`, `--identity` → `identity`, `--known-hosts` →
+//! `known_hosts`, `--accept-new-host-key` → `accept_new_host_key`, a bare `--set K=V` → `K`;
+//! `mode = "window"`, `start`, `end`: the ability's settings), each checked against the source's
+//! description. It writes the trace CSV ([`TraceWriter`]) and its `.meta.json` sidecar
 //! ([`TraceMeta`], with the clock offsets measured at the start and end), integrates the file
 //! ([`summarize`]) and prints rows, nodes, window, clock offset and energy. Ctrl-C stops cleanly:
 //! what was pulled is on disk, exit 130.
@@ -18,18 +20,15 @@
 use crate::context::Context;
 use anyhow::{anyhow, Context as _, Result};
 use clap::{Args, Subcommand};
-use epi_framework::config::merge_config;
+use epi_framework::config::Override;
 use epi_framework::error::{InputError, Location};
-use epi_framework::registry::PluginKind;
+use epi_framework::registry::{Capability, PluginKind};
 use epi_framework::sample::{SourceEvent, SourceInfo, SourceStats};
 use epi_framework::trace::{summarize, TraceMeta, TraceOptions, TraceSummary, TraceWriter};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// The power source `pull` reads with.
-const SOURCE: &str = "orchestrator";
 
 /// Events kept in the sidecar; later ones are only counted.
 const MAX_EVENTS: usize = 10_000;
@@ -71,10 +70,9 @@ pub struct PullArgs {
     /// The trace CSV to write (its sidecar is FILE.meta.json).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: PathBuf,
-    /// Any other setting of the source (db_path, power_table, columns, batch_rows, ...),
-    /// KEY=VALUE; VALUE is read as JSON when it parses, as a string otherwise. Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    /// The power source to read with (default: the one that can read a past window).
+    #[arg(long, value_name = "KEY")]
+    pub power: Option<String>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -109,42 +107,53 @@ fn utc_text(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-/// The flags as source settings (`null`: not given, the file's value stays).
-fn overrides(a: &PullArgs, start: i64, end: i64) -> Result<Value> {
-    let path = |p: &Option<PathBuf>| {
-        p.as_ref()
-            .map(|p| Value::from(p.display().to_string()))
-            .unwrap_or(Value::Null)
+/// The flags as the source's settings (only those given), and the window.
+fn overrides(a: &PullArgs, start: i64, end: i64) -> Vec<Override> {
+    let path = |p: &PathBuf| Value::from(p.display().to_string());
+    let mut o = Vec::new();
+    let mut flag = |f: &str, setting: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            o.push(Override::flag(f, setting, v));
+        }
     };
-    let mut m = Map::new();
-    for kv in &a.set {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| input_error("--set", format!("expected KEY=VALUE, found `{kv}`")))?;
-        let v = serde_json::from_str(v).unwrap_or_else(|_| Value::from(v));
-        m.insert(k.trim().to_string(), v);
+    flag("--host", "host", a.host.clone().map(Value::from));
+    flag("--user", "user", a.user.clone().map(Value::from));
+    flag("--ssh-port", "port", a.ssh_port.map(Value::from));
+    flag("--identity", "identity", a.identity.as_ref().map(path));
+    flag(
+        "--known-hosts",
+        "known_hosts",
+        a.known_hosts.as_ref().map(path),
+    );
+    flag(
+        "--accept-new-host-key",
+        "accept_new_host_key",
+        a.accept_new_host_key.then_some(Value::Bool(true)),
+    );
+    flag("--start", "mode", Some(json!("window")));
+    flag("--start", "start", Some(json!(start)));
+    flag("--end", "end", Some(json!(end)));
+    o
+}
+
+/// The source that reads past windows: `--power`, else the one registered with that ability.
+fn window_source(ctx: &Context, a: &PullArgs) -> Result<String> {
+    if let Some(k) = &a.power {
+        return Ok(k.clone());
     }
-    m.insert(
-        "host".into(),
-        a.host.clone().map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert(
-        "user".into(),
-        a.user.clone().map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert(
-        "port".into(),
-        a.ssh_port.map(Value::from).unwrap_or(Value::Null),
-    );
-    m.insert("identity".into(), path(&a.identity));
-    m.insert("known_hosts".into(), path(&a.known_hosts));
-    if a.accept_new_host_key {
-        m.insert("accept_new_host_key".into(), Value::Bool(true));
+    let keys = ctx
+        .registry
+        .with_capability(PluginKind::Power, Capability::PastWindow);
+    match keys.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(anyhow!(crate::runcmd::Usage(
+            "no power source here can read a past window of a stored log".into()
+        ))),
+        many => Err(anyhow!(crate::runcmd::Usage(format!(
+            "several power sources can read a past window ({}): choose one with --power KEY",
+            many.join(", ")
+        )))),
     }
-    m.insert("mode".into(), json!("window"));
-    m.insert("start".into(), json!(start));
-    m.insert("end".into(), json!(end));
-    Ok(Value::Object(m))
 }
 
 /// What the pull gathered, for the sidecar.
@@ -212,19 +221,15 @@ fn pull(ctx: &Context, a: &PullArgs) -> Result<ExitCode> {
             ),
         ));
     }
-    let base = ctx.config.plugin_config(PluginKind::Power, SOURCE);
-    let config = merge_config(&base, &overrides(a, start, end)?);
-    if config.get("host").is_none_or(Value::is_null) {
-        return Err(input_error(
-            "--host",
-            "no Orchestrator host: give --host or set host in [orchestrator] of epi-bench.toml",
-        ));
-    }
-    // Factories do no I/O: whatever they refuse is configuration.
-    let mut source = ctx.registry.power(SOURCE, &config).map_err(|e| {
+    let source_key = window_source(ctx, a)?;
+    let config =
+        ctx.own_plugin_settings(PluginKind::Power, &source_key, &overrides(a, start, end))?;
+    // Factories do no I/O: whatever they refuse (a missing `host`, a bad value) is configuration.
+    let mut source = ctx.registry.power(&source_key, &config).map_err(|e| {
+        let table = format!("[power.{source_key}]");
         let loc = match &ctx.config.source {
-            Some(f) => Location::file(f).field("[orchestrator]"),
-            None => Location::default().field("orchestrator settings"),
+            Some(f) => Location::file(f).field(table),
+            None => Location::default().field(format!("{table} (flags and --set)")),
         };
         anyhow::Error::new(InputError::new(loc, e.to_string()))
     })?;
@@ -478,30 +483,33 @@ mod tests {
             start: "2026-05-15T10:00:00Z".into(),
             end: "2026-05-15T10:30:00Z".into(),
             output: PathBuf::from("o.csv"),
-            set: vec!["db_path=/x/t.db".into(), "batch_rows=50".into()],
+            power: None,
             json: false,
         }
     }
 
     #[test]
-    fn flags_become_window_settings_over_the_file() {
+    fn flags_become_window_settings() {
         let a = args();
         let (s, e) = (
             parse_time("--start", &a.start).unwrap(),
             parse_time("--end", &a.end).unwrap(),
         );
         assert_eq!(e - s, 30 * 60 * 1000);
-        let base = json!({"host": "file-host", "user": "pi", "mode": "tail", "db_path": "/home/pi/factory/telemetry.db"});
-        let m = merge_config(&base, &overrides(&a, s, e).unwrap());
-        assert_eq!(m["host"], "orch");
-        assert_eq!(m["user"], "pi");
-        assert_eq!(m["port"], 2222);
-        assert_eq!(m["known_hosts"], "/k");
-        assert_eq!(m["mode"], "window");
-        assert_eq!(m["start"], s);
-        assert_eq!(m["db_path"], "/x/t.db");
-        assert_eq!(m["batch_rows"], 50);
-        assert!(m.get("accept_new_host_key").is_none());
+        let o = overrides(&a, s, e);
+        let get = |k: &str| o.iter().find(|o| o.path == [k]).map(|o| o.value.clone());
+        assert_eq!(get("host"), Some(json!("orch")));
+        assert_eq!(
+            get("user"),
+            None,
+            "a flag not given leaves the file's value"
+        );
+        assert_eq!(get("port"), Some(json!(2222)));
+        assert_eq!(get("known_hosts"), Some(json!("/k")));
+        assert_eq!(get("mode"), Some(json!("window")));
+        assert_eq!(get("start"), Some(json!(s)));
+        assert_eq!(get("end"), Some(json!(e)));
+        assert_eq!(get("accept_new_host_key"), None);
     }
 
     #[test]

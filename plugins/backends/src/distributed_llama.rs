@@ -537,11 +537,22 @@ fn build(config: &PluginConfig) -> Result<Box<dyn InferenceBackend>, Error> {
     Ok(Box::new(b))
 }
 
+impl epi_core::settings::PluginSettings for DllamaConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(
+            serde_json::json!({"hosts": ["10.0.0.1", "10.0.0.2:9999"], "model": "/models/dllama_model_qwen3_30b_a3b_q40.m", "tokenizer": "/models/dllama_tokenizer_qwen3_30b_a3b.t"}),
+        )
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "distributed-llama cluster over SSH: workers + dllama-api (generative), or dllama inference (throughput)",
         factory: Factory::Backend(build),
+        settings: epi_core::settings::Settings::of::<DllamaConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

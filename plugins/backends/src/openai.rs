@@ -53,7 +53,9 @@ pub const PROBE_TEXT: &str = "Question: What is the capital of France?\nAnswer: 
 
 /// Which server software is behind the URL. `auto` asks the server (`/props`, `/version`,
 /// `/api/version`); naming it skips the probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ServerKind {
     /// Detect at start.
     #[default]
@@ -91,7 +93,9 @@ impl ServerKind {
 }
 
 /// Which log-likelihood method to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoglikelihoodMethod {
     /// The first that the probes confirm: echo, then top-n, else none.
@@ -106,7 +110,9 @@ pub enum LoglikelihoodMethod {
 }
 
 /// Whether token ids sent for scoring start with the model's BOS token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BosPolicy {
     /// No BOS: lm-eval's API models (`local-completions`, `add_bos_token=False`) and the Open LLM
@@ -128,7 +134,9 @@ impl BosPolicy {
 }
 
 /// How llama.cpp's top-N requests evaluate their prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum TopNMode {
     /// Every request evaluates its whole prompt afresh (`cache_prompt: false`) in one pass, and
@@ -179,7 +187,7 @@ fn default_backoff_s() -> f64 {
 
 /// Settings of the `openai` backend (`[backend.openai]`, or `--url`, `--model`, `--api-key-env`,
 /// `--backend-option key=value`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// Base URL of the server, with or without `/v1` (`http://127.0.0.1:8080`).
@@ -1248,11 +1256,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn InferenceBackend>, Error> {
     Ok(Box::new(OpenAiBackend::new("openai", c)))
 }
 
+impl epi_core::settings::PluginSettings for OpenAiConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"url": "http://127.0.0.1:8080"}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: "openai",
         description: "OpenAI-compatible HTTP server (llama.cpp llama-server, vLLM, Ollama /v1, dllama-api)",
         factory: Factory::Backend(build),
+        settings: epi_core::settings::Settings::of::<OpenAiConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

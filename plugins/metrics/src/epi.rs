@@ -8,7 +8,7 @@ use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
 use epi_core::Error;
 
 /// The EPI scorer (no settings).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EpiScorer {}
 
@@ -49,8 +49,21 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<EpiScorer>("epi", config)?))
 }
 
+impl epi_core::settings::PluginSettings for EpiScorer {
+    fn example() -> Self {
+        EpiScorer {}
+    }
+}
+
 epi_core::inventory::submit! {
-    PluginRegistration { key: "epi", description: "Energy Per Intelligence: (J / generated token) ÷ composite accuracy", factory: Factory::Scorer(build) }
+    PluginRegistration {
+        key: "epi",
+        description: "Energy Per Intelligence: (J / generated token) ÷ composite accuracy",
+        factory: Factory::Scorer(build),
+        settings: epi_core::settings::Settings::of::<EpiScorer>,
+        toml_aliases: &[],
+        capabilities: &[],
+    }
 }
 
 #[cfg(test)]

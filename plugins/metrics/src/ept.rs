@@ -8,7 +8,7 @@ use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
 use epi_core::Error;
 
 /// The EPT scorer (no settings).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EptScorer {}
 
@@ -46,8 +46,21 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<EptScorer>("ept", config)?))
 }
 
+impl epi_core::settings::PluginSettings for EptScorer {
+    fn example() -> Self {
+        EptScorer {}
+    }
+}
+
 epi_core::inventory::submit! {
-    PluginRegistration { key: "ept", description: "Energy per token: EPT_in, EPT_out, EPT_total (normalisations of one energy)", factory: Factory::Scorer(build) }
+    PluginRegistration {
+        key: "ept",
+        description: "Energy per token: EPT_in, EPT_out, EPT_total (normalisations of one energy)",
+        factory: Factory::Scorer(build),
+        settings: epi_core::settings::Settings::of::<EptScorer>,
+        toml_aliases: &[],
+        capabilities: &[],
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
 use epi_core::Error;
 
 /// The IPJ scorer (no settings).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpjScorer {}
 
@@ -35,8 +35,21 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<IpjScorer>("ipj", config)?))
 }
 
+impl epi_core::settings::PluginSettings for IpjScorer {
+    fn example() -> Self {
+        IpjScorer {}
+    }
+}
+
 epi_core::inventory::submit! {
-    PluginRegistration { key: "ipj", description: "Intelligence per joule: accuracy ÷ mean energy per query", factory: Factory::Scorer(build) }
+    PluginRegistration {
+        key: "ipj",
+        description: "Intelligence per joule: accuracy ÷ mean energy per query",
+        factory: Factory::Scorer(build),
+        settings: epi_core::settings::Settings::of::<IpjScorer>,
+        toml_aliases: &[],
+        capabilities: &[],
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use epi_core::scorer::{Metric, ScoreError, ScoreInput, Scorer};
 use epi_core::Error;
 
 /// The IPW scorer (no settings).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpwScorer {}
 
@@ -42,8 +42,21 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     Ok(Box::new(parse_config::<IpwScorer>("ipw", config)?))
 }
 
+impl epi_core::settings::PluginSettings for IpwScorer {
+    fn example() -> Self {
+        IpwScorer {}
+    }
+}
+
 epi_core::inventory::submit! {
-    PluginRegistration { key: "ipw", description: "Intelligence per watt: accuracy ÷ mean power per query", factory: Factory::Scorer(build) }
+    PluginRegistration {
+        key: "ipw",
+        description: "Intelligence per watt: accuracy ÷ mean power per query",
+        factory: Factory::Scorer(build),
+        settings: epi_core::settings::Settings::of::<IpwScorer>,
+        toml_aliases: &[],
+        capabilities: &[],
+    }
 }
 
 #[cfg(test)]

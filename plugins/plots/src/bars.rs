@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 const KEY: &str = "bars";
 
 /// Bar order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SortBy {
     /// Lowest (best) EPI first.
@@ -34,7 +34,7 @@ pub enum SortBy {
 }
 
 /// Options of the bar chart (`[plot.bars]`, overridden by flags).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BarsOptions {
     /// Bar order.
@@ -161,11 +161,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(BarsPlot { options }))
 }
 
+impl epi_core::settings::PluginSettings for BarsOptions {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "EPI per configuration as bars, with 95% interval whiskers where results carry them",
         factory: Factory::Plot(build),
+        settings: epi_core::settings::Settings::of::<BarsOptions>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 const KEY: &str = "curve";
 
 /// Options of the surgery curve (`[plot.curve]`, overridden by flags).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CurveOptions {
     /// The surgery parameter on the x axis (`experts_dropped`). Required.
@@ -259,11 +259,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(CurvePlot { options }))
 }
 
+impl epi_core::settings::PluginSettings for CurveOptions {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"x_param": "ffn_dim"}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "EPI against a surgery parameter (experts dropped, ...) with the knee marked",
         factory: Factory::Plot(build),
+        settings: epi_core::settings::Settings::of::<CurveOptions>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

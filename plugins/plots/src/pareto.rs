@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 const KEY: &str = "pareto";
 
 /// Which quantity runs along the x axis (the other is on y).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum XAxis {
     /// Composite accuracy on x, J/token on y (the spec's `x="accuracy_composite"`).
@@ -23,7 +23,7 @@ pub enum XAxis {
 }
 
 /// Options of the Pareto plot (`[plot.pareto]`, overridden by flags).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParetoOptions {
     /// The x-axis quantity.
@@ -103,11 +103,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(ParetoPlot { options }))
 }
 
+impl epi_core::settings::PluginSettings for ParetoOptions {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Accuracy vs J/token scatter with the Pareto frontier (max accuracy, min J/token)",
         factory: Factory::Plot(build),
+        settings: epi_core::settings::Settings::of::<ParetoOptions>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

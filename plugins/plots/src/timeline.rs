@@ -30,7 +30,7 @@ use std::path::Path;
 const KEY: &str = "timeline";
 
 /// Options of the timeline (`[plot.timeline]`, overridden by flags).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimelineOptions {
     /// Time buckets (default: one per pixel column of the plot area).
@@ -390,11 +390,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Plot>, Error> {
     Ok(Box::new(TimelinePlot { options }))
 }
 
+impl epi_core::settings::PluginSettings for TimelineOptions {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Per-node watts over time and the cluster total, min/max per pixel column (streamed)",
         factory: Factory::Plot(build),
+        settings: epi_core::settings::Settings::of::<TimelineOptions>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

@@ -34,7 +34,7 @@ fn default_proc() -> PathBuf {
 }
 
 /// Settings of the `cpu-model` source (`[power.cpu-model]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpuModelConfig {
     /// Power of the machine with nothing running, W.
@@ -284,11 +284,22 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error>
     crate::build_source(KEY, config, CpuModel::new)
 }
 
+impl epi_core::settings::PluginSettings for CpuModelConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(
+            serde_json::json!({"idle_watts": 8.0, "watts_per_core": 4.5, "programs": ["llama-server"]}),
+        )
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "An ESTIMATE from CPU time: idle watts + watts per busy core (labelled modelled; no meter needed)",
         factory: Factory::Power(build),
+        settings: epi_core::settings::Settings::of::<CpuModelConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

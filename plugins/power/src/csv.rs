@@ -26,7 +26,7 @@ const KEY: &str = "csv";
 const SCAN_ROWS: usize = 100_000;
 
 /// How fast rows are delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Pace {
     /// As fast as they are read.
@@ -46,7 +46,7 @@ fn default_batch_rows() -> usize {
 }
 
 /// Settings of the `csv` source (`[power.csv]`, `--file`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsvConfig {
     /// The trace file.
@@ -302,11 +302,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error>
     crate::build_source(KEY, config, CsvReplay::new)
 }
 
+impl epi_core::settings::PluginSettings for CsvConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"path": "power_trace.csv"}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "replay of a recorded trace CSV (with its .meta.json provenance), fast or at recorded speed",
         factory: Factory::Power(build),
+        settings: epi_core::settings::Settings::of::<CsvConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

@@ -54,7 +54,7 @@ const MAX_CLOCK_LEAD_MS: f64 = 60_000.0;
 /// The wire names of the protocol's fields and line types: one table, so a firmware variant maps
 /// without code changes (`[power.epi-meter.fields]`). An empty name means the firmware does not
 /// send that (optional) field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FieldNames {
     /// The key telling the kind of line (`type`).
@@ -155,7 +155,7 @@ impl FieldNames {
 }
 
 /// Parity of the serial line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Parity {
     /// No parity bit (the protocol's default).
@@ -167,7 +167,7 @@ pub enum Parity {
 }
 
 /// Flow control of the serial line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowControl {
     /// None (the protocol's default).
@@ -210,7 +210,7 @@ fn default_max_line_bytes() -> usize {
 }
 
 /// Settings of the `epi-meter` source (`[power.epi-meter]`, `--port`, `--baud`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EpiMeterConfig {
     /// The serial device (`/dev/ttyUSB0`; prefer a stable `/dev/serial/by-id/...` path).
@@ -1397,11 +1397,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error>
     crate::build_source(KEY, config, EpiMeter::new)
 }
 
+impl epi_core::settings::PluginSettings for EpiMeterConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"port": "/dev/ttyUSB0"}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "epi-meter board on a serial port (UART JSON lines v1): per-node AC W, V, A, PF, Wh",
         factory: Factory::Power(build),
+        settings: epi_core::settings::Settings::of::<EpiMeterConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

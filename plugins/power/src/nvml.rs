@@ -42,7 +42,7 @@ fn default_stall_limit_ms() -> u64 {
 }
 
 /// How energy is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NvmlMode {
     /// The energy counter where the GPU has one, polled power otherwise (default).
@@ -56,7 +56,7 @@ fn default_mode() -> NvmlMode {
 }
 
 /// Settings of the `nvml` source (`[power.nvml]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NvmlConfig {
     /// Polling period, ms (50).
@@ -638,11 +638,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error>
     crate::build_source(KEY, config, NvmlSource::new)
 }
 
+impl epi_core::settings::PluginSettings for NvmlConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "NVIDIA GPUs through NVML: total-energy counter (Volta+), polled power otherwise",
         factory: Factory::Power(build),
+        settings: epi_core::settings::Settings::of::<NvmlConfig>,
+        toml_aliases: &[],
+        capabilities: &[epi_core::registry::Capability::AutoDetect { rank: 10 }],
     }
 }
 

@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 const KEY: &str = "orchestrator";
 
 /// How the source reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Follow new rows as they are written (by `id`).
@@ -54,7 +56,7 @@ pub enum Mode {
 
 /// A time given in the configuration: an RFC 3339 string (`2026-05-15T10:00:00Z`) or Unix epoch
 /// milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum TimeSpec {
     /// Unix epoch milliseconds.
@@ -94,7 +96,7 @@ pub fn format_utc_ms(ms: i64) -> String {
 }
 
 /// The names of the table's columns. Optional columns may be set to `""`: the table has none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Columns {
     /// Row id, increasing with every insert (`id`).
@@ -180,7 +182,7 @@ fn default_sqlite3() -> String {
 }
 
 /// Settings of the `orchestrator` source (`[orchestrator]` in epi-bench.toml, or flags).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrchestratorConfig {
     /// The Orchestrator's host name or address.
@@ -1262,11 +1264,22 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error>
     Ok(Box::new(source))
 }
 
+impl epi_core::settings::PluginSettings for OrchestratorConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(
+            serde_json::json!({"host": "orchestrator.local", "user": "pi", "db_path": "/home/pi/factory/telemetry.db"}),
+        )
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Orchestrator Pi's SQLite telemetry over SSH (sqlite3 CLI, read transactions): tail live rows or pull a UTC window; clock offset measured and applied",
         factory: Factory::Power(build),
+        settings: epi_core::settings::Settings::of::<OrchestratorConfig>,
+        toml_aliases: &["orchestrator"],
+        capabilities: &[epi_core::registry::Capability::PastWindow],
     }
 }
 

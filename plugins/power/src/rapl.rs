@@ -51,7 +51,7 @@ fn default_max_plausible_watts() -> f64 {
 }
 
 /// Settings of the `rapl` source (`[power.rapl]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RaplConfig {
     /// The powercap directory (`/sys/class/powercap`; a copy for tests).
@@ -582,11 +582,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn PowerSource>, epi_core::Error>
     crate::build_source(KEY, config, Rapl::new)
 }
 
+impl epi_core::settings::PluginSettings for RaplConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "Linux powercap RAPL counters: every CPU package and DRAM zone (intel-rapl, amd-rapl)",
         factory: Factory::Power(build),
+        settings: epi_core::settings::Settings::of::<RaplConfig>,
+        toml_aliases: &[],
+        capabilities: &[epi_core::registry::Capability::AutoDetect { rank: 20 }],
     }
 }
 

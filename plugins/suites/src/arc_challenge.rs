@@ -31,7 +31,7 @@ pub const GENERATIVE_DESCRIPTION: &str =
     "The following are multiple choice questions (with answers) about grade-school science.\n\n";
 
 /// Settings of `[suite.arc-challenge]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArcConfig {
     /// Data directory (the suite looks in `<data_dir>/arc_challenge`, then `<data_dir>`).
@@ -319,11 +319,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)))
 }
 
+impl epi_core::settings::PluginSettings for ArcConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"limit": 100}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "ARC-Challenge, 25-shot, acc/acc_norm exactly as lm-evaluation-harness (headline acc_norm)",
         factory: Factory::Suite(build),
+        settings: epi_core::settings::Settings::of::<ArcConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

@@ -12,7 +12,9 @@ pub const LM_EVAL_FEWSHOT_SEED: u64 = 1234;
 pub const LEADERBOARD_V1_SEED: u64 = 42;
 
 /// How few-shot examples are chosen (config key `fewshot`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum FewshotSelection {
     /// Current lm-eval (0.4.x, the default): documents in dataset order; one
     /// `random.Random(1234)` per task, consumed document after document.

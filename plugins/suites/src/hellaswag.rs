@@ -34,7 +34,7 @@ pub const GENERATIVE_DESCRIPTION: &str = "The following are multiple choice ques
      the most plausible one.\n\n";
 
 /// Settings of `[suite.hellaswag]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HellaswagConfig {
     /// Data directory (the suite looks in `<data_dir>/hellaswag`, then `<data_dir>`).
@@ -345,11 +345,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)))
 }
 
+impl epi_core::settings::PluginSettings for HellaswagConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"limit": 100}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "HellaSwag, 10-shot, acc/acc_norm exactly as lm-evaluation-harness (headline acc_norm)",
         factory: Factory::Suite(build),
+        settings: epi_core::settings::Settings::of::<HellaswagConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

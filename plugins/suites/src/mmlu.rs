@@ -101,7 +101,7 @@ pub const SUBJECTS: [&str; 57] = [
 const LETTERS: [&str; 4] = ["A", "B", "C", "D"];
 
 /// Settings of `[suite.mmlu]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MmluConfig {
     /// Data directory (the suite looks in `<data_dir>/mmlu`, then `<data_dir>`).
@@ -552,11 +552,22 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)?))
 }
 
+impl epi_core::settings::PluginSettings for MmluConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(
+            serde_json::json!({"limit": 100, "subjects": ["abstract_algebra", "anatomy"]}),
+        )
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "MMLU, 57 subjects, 5-shot, acc exactly as lm-evaluation-harness (headline: unweighted mean of subjects)",
         factory: Factory::Suite(build),
+        settings: epi_core::settings::Settings::of::<MmluConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

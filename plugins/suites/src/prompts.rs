@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub const KEY: &str = "prompts";
 
 /// Settings of `[suite.prompts]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromptsConfig {
     /// The prompt file (`.jsonl` for JSON Lines, anything else for one prompt per line).
@@ -157,11 +157,20 @@ fn build(config: &PluginConfig) -> Result<Box<dyn Suite>, Error> {
     )?)))
 }
 
+impl epi_core::settings::PluginSettings for PromptsConfig {
+    fn example() -> Self {
+        epi_core::settings::example_from(serde_json::json!({"file": "prompts.jsonl", "limit": 100}))
+    }
+}
+
 epi_core::inventory::submit! {
     PluginRegistration {
         key: KEY,
         description: "A custom prompt file (one per line, or JSONL `prompt`): energy per token only, no accuracy",
         factory: Factory::Suite(build),
+        settings: epi_core::settings::Settings::of::<PromptsConfig>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

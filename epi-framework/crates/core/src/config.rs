@@ -8,7 +8,7 @@
 //! default_instrument = "epi-meter v1.0"
 //! measurement_point = "AC inlet per node"
 //!
-//! [orchestrator]            # the `orchestrator` power source's settings
+//! [orchestrator]            # a plugin's own alias table: the `orchestrator` power source's settings
 //! host = "orchestrator.local"
 //! user = "pi"
 //! db_path = "/home/pi/factory/telemetry.db"
@@ -34,6 +34,12 @@
 //! [power.epi-meter]         # any plugin's settings: [power.<key>], [backend.<key>], [suite.<key>], ...
 //! port = "/dev/ttyUSB0"
 //! ```
+//!
+//! A top-level table other than these is an error that names it, unless a linked-in plugin
+//! declares it as its alias ([`PluginRegistration::toml_aliases`](crate::registry::PluginRegistration::toml_aliases)):
+//! `[orchestrator]` is read as `[power.orchestrator]` because the `orchestrator` source says so
+//! in its own file. Command lines override any value by its dotted path
+//! (`--set power.epi-meter.port=/dev/ttyUSB1`, [`Config::load_with`]).
 
 use crate::error::{Error, InputError, Location};
 use crate::plot::Theme;
@@ -136,7 +142,8 @@ pub struct RunSettings {
     pub surgery: Option<String>,
     /// Hardware label (default: detected).
     pub hardware: Option<String>,
-    /// `--power auto`: the sources tried, in order (default `["nvml", "rapl"]`).
+    /// `--power auto`: the sources tried, in order (default: the sources that declare they detect
+    /// themselves, by rank; `epi list plugins --details KEY` shows it).
     pub auto_power: Option<Vec<String>>,
 }
 
@@ -248,12 +255,10 @@ impl Plotting {
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     /// `[general]`.
     pub general: General,
-    /// `[orchestrator]`: settings of the `orchestrator` power source.
-    pub orchestrator: Option<toml::Table>,
     /// `[run]`: defaults of `epi profile` and `epi eval`.
     pub run: RunSettings,
     /// `[benchmarks]`.
@@ -275,7 +280,25 @@ pub struct Config {
     /// The file this was read from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// Other top-level keys, before [`Config::from_str_at`] moves plugin alias tables to their
+    /// plugin and refuses the rest (always empty afterwards).
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, toml::Value>,
 }
+
+/// The top-level keys of the configuration file.
+const SECTIONS: [&str; 10] = [
+    "general",
+    "run",
+    "benchmarks",
+    "plotting",
+    "power",
+    "backend",
+    "suite",
+    "scorer",
+    "plot",
+    "plugins",
+];
 
 impl Config {
     /// Where the configuration is looked for: `./epi-bench.toml`, then the user's config dir.
@@ -290,15 +313,55 @@ impl Config {
     /// Loads `explicit` if given (it must exist), else the first file of [`Config::search_paths`]
     /// that exists, else the defaults.
     pub fn load(explicit: Option<&Path>) -> Result<Config, Error> {
-        if let Some(p) = explicit {
-            return Config::from_file(p);
+        Config::load_with(explicit, &[])
+    }
+
+    /// [`Config::load`], then `sets` applied: each a dotted path into the file
+    /// (`power.epi-meter.port`, `run.repetitions`) and a value, as `--set KEY=VALUE` gives them
+    /// ([`crate::settings::parse_assignment`]). A value that does not fit is an error naming the
+    /// `--set` and the key.
+    pub fn load_with(
+        explicit: Option<&Path>,
+        sets: &[(Vec<String>, serde_json::Value)],
+    ) -> Result<Config, Error> {
+        let found = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Config::search_paths().into_iter().find(|p| p.is_file()),
+        };
+        let (path, text) = match &found {
+            Some(p) => (
+                p.clone(),
+                std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+            ),
+            None => (PathBuf::from(FILE_NAME), String::new()),
+        };
+        let mut c = Config::from_str_at(&path, &text)?;
+        c.source = found.clone();
+        if sets.is_empty() {
+            return Ok(c);
         }
-        for p in Config::search_paths() {
-            if p.is_file() {
-                return Config::from_file(&p);
-            }
+        // The file as a tree (aliases moved, so a set reaches the table the run reads), the sets
+        // applied, then read again.
+        let mut tree = serde_json::to_value(&c).map_err(|e| Error::Invalid(e.to_string()))?;
+        for (p, v) in sets {
+            let p = canonical_path(p);
+            crate::settings::set_path(&mut tree, &p, v.clone());
         }
-        Ok(Config::default())
+        let r: Result<Config, _> = serde_path_to_error::deserialize(tree);
+        let mut again = r.map_err(|e| {
+            Error::Input(InputError::new(
+                Location::file("--set").field(e.path().to_string()),
+                e.inner().to_string(),
+            ))
+        })?;
+        if let Some((k, _)) = again.other.iter().next() {
+            return Err(Error::Input(InputError::new(
+                Location::file("--set").field(k.clone()),
+                format!("unknown key `{k}`; expected one of {}", SECTIONS.join(", ")),
+            )));
+        }
+        again.source = found;
+        Ok(again)
     }
 
     /// Parses one file.
@@ -309,30 +372,69 @@ impl Config {
         Ok(c)
     }
 
-    /// Parses configuration text read from `path` (for error messages).
+    /// Parses configuration text read from `path` (for error messages). A top-level table that
+    /// a linked-in plugin declares as its alias becomes that plugin's table; any other unknown
+    /// key is an error naming it and its line.
     pub fn from_str_at(path: &Path, text: &str) -> Result<Config, Error> {
         let de = toml::Deserializer::parse(text).map_err(|e| toml_error(path, text, None, &e))?;
         let r: Result<Config, _> = serde_path_to_error::deserialize(de);
-        r.map_err(|e| {
+        let mut c = r.map_err(|e| {
             let field = e.path().to_string();
             toml_error(path, text, Some(field), e.inner())
-        })
+        })?;
+        for (name, value) in std::mem::take(&mut c.other) {
+            let unknown = |msg: String| {
+                let mut loc = Location::file(path).field(name.clone());
+                if let Some(line) = line_of_key(text, &name) {
+                    loc = loc.at_line(line);
+                }
+                Error::Input(InputError::new(loc, msg))
+            };
+            let Some((kind, key)) = crate::registry::toml_alias_target(&name) else {
+                return Err(unknown(format!(
+                    "unknown field `{name}`, expected one of {}",
+                    SECTIONS.join(", ")
+                )));
+            };
+            let toml::Value::Table(t) = value else {
+                return Err(unknown(format!(
+                    "`{name}` is the {kind} `{key}`'s table: expected a table [{name}]"
+                )));
+            };
+            let map = c.tables_mut(kind);
+            if map.contains_key(key) {
+                return Err(unknown(format!(
+                    "[{name}] and [{kind}.{key}] both configure the {kind} `{key}`: keep one"
+                )));
+            }
+            map.insert(key.to_string(), t);
+        }
+        Ok(c)
+    }
+
+    fn tables(&self, kind: PluginKind) -> &BTreeMap<String, toml::Table> {
+        match kind {
+            PluginKind::Power => &self.power,
+            PluginKind::Backend => &self.backend,
+            PluginKind::Suite => &self.suite,
+            PluginKind::Scorer => &self.scorer,
+            PluginKind::Plot => &self.plot,
+        }
+    }
+
+    fn tables_mut(&mut self, kind: PluginKind) -> &mut BTreeMap<String, toml::Table> {
+        match kind {
+            PluginKind::Power => &mut self.power,
+            PluginKind::Backend => &mut self.backend,
+            PluginKind::Suite => &mut self.suite,
+            PluginKind::Scorer => &mut self.scorer,
+            PluginKind::Plot => &mut self.plot,
+        }
     }
 
     /// The settings of plugin `key` of `kind` as a JSON value for its factory (`null` if none).
-    /// `[orchestrator]` is the `orchestrator` power source's table.
     pub fn plugin_config(&self, kind: PluginKind, key: &str) -> PluginConfig {
-        let table = match kind {
-            PluginKind::Power if key == "orchestrator" => {
-                self.orchestrator.as_ref().or_else(|| self.power.get(key))
-            }
-            PluginKind::Power => self.power.get(key),
-            PluginKind::Backend => self.backend.get(key),
-            PluginKind::Suite => self.suite.get(key),
-            PluginKind::Scorer => self.scorer.get(key),
-            PluginKind::Plot => self.plot.get(key),
-        };
-        match table {
+        match self.tables(kind).get(key) {
             Some(t) => serde_json::to_value(t).unwrap_or(serde_json::Value::Null),
             None => serde_json::Value::Null,
         }
@@ -341,26 +443,105 @@ impl Config {
     /// Every plugin table in the file, as (kind, key, where in the file).
     pub fn plugin_tables(&self) -> Vec<(PluginKind, String, String)> {
         let mut v = Vec::new();
-        if self.orchestrator.is_some() {
-            v.push((
-                PluginKind::Power,
-                "orchestrator".into(),
-                "[orchestrator]".into(),
-            ));
-        }
-        for (kind, map) in [
-            (PluginKind::Power, &self.power),
-            (PluginKind::Backend, &self.backend),
-            (PluginKind::Suite, &self.suite),
-            (PluginKind::Scorer, &self.scorer),
-            (PluginKind::Plot, &self.plot),
-        ] {
-            for k in map.keys() {
+        for kind in PluginKind::ALL {
+            for k in self.tables(kind).keys() {
                 v.push((kind, k.clone(), format!("[{}.{}]", kind.as_str(), k)));
             }
         }
         v
     }
+}
+
+/// One setting given on the command line for a plugin: the flag it came from (for messages:
+/// `--url`, `--set`), the setting's path inside the plugin's table, and the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    /// The flag, as the user typed it.
+    pub flag: String,
+    /// The setting (`url`, `columns.watts`).
+    pub path: Vec<String>,
+    /// The value.
+    pub value: serde_json::Value,
+}
+
+impl Override {
+    /// A flag that aliases one setting (`--url` → `url`).
+    pub fn flag(flag: &str, setting: &str, value: impl Into<serde_json::Value>) -> Override {
+        Override {
+            flag: flag.to_string(),
+            path: setting.split('.').map(str::to_string).collect(),
+            value: value.into(),
+        }
+    }
+}
+
+impl Config {
+    /// The settings of plugin `key` of `kind`: its table (the file, `--set` applied) with
+    /// `overrides` on top, each checked against what the plugin describes. A setting the
+    /// plugin does not have is an [`Error::Configuration`] naming the plugin, the flag and the
+    /// settings it has; an unknown plugin is [`Error::UnknownPlugin`].
+    pub fn plugin_settings(
+        &self,
+        registry: &crate::registry::Registry,
+        kind: PluginKind,
+        key: &str,
+        overrides: &[Override],
+    ) -> Result<PluginConfig, Error> {
+        let entry = registry.get(kind, key)?;
+        let mut config = self.plugin_config(kind, key);
+        for o in overrides {
+            if let Some(settings) = &entry.settings {
+                let path: Vec<&str> = o.path.iter().map(String::as_str).collect();
+                settings
+                    .check_path(&path)
+                    .map_err(|m| Error::Configuration {
+                        plugin: key.to_string(),
+                        message: format!("{}: {m}", o.flag),
+                    })?;
+            }
+            crate::settings::set_path(&mut config, &o.path, o.value.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// Whether a `--set` key addresses the configuration file (a section, or a plugin's alias
+/// table) rather than a setting of the command's own plugin.
+pub fn is_file_path(path: &[String]) -> bool {
+    path.first().is_some_and(|first| {
+        SECTIONS.contains(&first.as_str()) || crate::registry::toml_alias_target(first).is_some()
+    })
+}
+
+/// A `--set` path with a plugin alias table (`orchestrator.host`) rewritten to the plugin's
+/// table (`power.orchestrator.host`).
+pub fn canonical_path(p: &[String]) -> Vec<String> {
+    match p.split_first() {
+        Some((first, rest)) if !SECTIONS.contains(&first.as_str()) => {
+            match crate::registry::toml_alias_target(first) {
+                Some((kind, key)) => [kind.as_str().to_string(), key.to_string()]
+                    .into_iter()
+                    .chain(rest.iter().cloned())
+                    .collect(),
+                None => p.to_vec(),
+            }
+        }
+        _ => p.to_vec(),
+    }
+}
+
+/// The line of a top-level key or table header (`name = …`, `[name]`, `[name.…]`).
+fn line_of_key(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let head = l.trim_start_matches('[').trim_start();
+            (l.starts_with('[')
+                && (head.starts_with(&format!("{name}]")) || head.starts_with(&format!("{name}."))))
+                || l.strip_prefix(name)
+                    .is_some_and(|r| r.trim_start().starts_with('=') || r.starts_with('.'))
+        })
+        .map(|i| i as u64 + 1)
 }
 
 /// Overlays `overrides` (from flags) on a plugin's table: keys in `overrides` win; `null` values
@@ -395,6 +576,25 @@ fn toml_error(path: &Path, text: &str, field: Option<String>, e: &toml::de::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Factory, PluginRegistration};
+    use crate::settings::Settings;
+
+    fn no_source(_: &PluginConfig) -> Result<Box<dyn crate::PowerSource>, Error> {
+        Err(Error::Invalid("test registration".into()))
+    }
+
+    // The power source of the seed README's example, declaring its `[orchestrator]` alias as the
+    // real one does in its own file.
+    inventory::submit! {
+        PluginRegistration {
+            key: "orchestrator",
+            description: "test double of the orchestrator registration",
+            factory: Factory::Power(no_source),
+            settings: Settings::none,
+            toml_aliases: &["orchestrator"],
+            capabilities: &[],
+        }
+    }
 
     const SPEC: &str = r##"
 [general]
@@ -453,6 +653,69 @@ grid = "#333333"
             .unwrap_err()
             .to_string();
         assert!(e.contains("plotting.dpi"), "{e}");
+        let e = Config::from_str_at(Path::new("c.toml"), "x = 1\n[general]\n[extra.y]\nz = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.toml:3: extra: unknown field `extra`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_alias_table_is_its_plugins_table_and_one_place_only() {
+        let c = Config::from_str_at(Path::new("c.toml"), "[orchestrator]\nhost = \"h\"\n").unwrap();
+        assert_eq!(
+            c.plugin_config(PluginKind::Power, "orchestrator")["host"],
+            "h"
+        );
+        assert_eq!(
+            c.plugin_tables(),
+            [(
+                PluginKind::Power,
+                "orchestrator".to_string(),
+                "[power.orchestrator]".to_string()
+            )]
+        );
+        let e = Config::from_str_at(
+            Path::new("c.toml"),
+            "[orchestrator]\nhost = \"h\"\n[power.orchestrator]\nhost = \"i\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("c.toml:1: orchestrator") && e.contains("keep one"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sets_override_the_file_by_dotted_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("epi-bench.toml");
+        std::fs::write(&f, "[orchestrator]\nhost = \"h\"\n[run]\nrepetitions = 2\n").unwrap();
+        let sets: Vec<_> = [
+            "orchestrator.user=pi",
+            "run.repetitions=5",
+            "power.csv.path=/x.csv",
+        ]
+        .iter()
+        .map(|s| crate::settings::parse_assignment(s).unwrap())
+        .collect();
+        let c = Config::load_with(Some(&f), &sets).unwrap();
+        assert_eq!(
+            c.plugin_config(PluginKind::Power, "orchestrator"),
+            serde_json::json!({"host": "h", "user": "pi"})
+        );
+        assert_eq!(c.run.repetitions, Some(5));
+        assert_eq!(c.plugin_config(PluginKind::Power, "csv")["path"], "/x.csv");
+        assert_eq!(c.source.as_deref(), Some(f.as_path()));
+        let bad = [crate::settings::parse_assignment("run.repetitions=many").unwrap()];
+        let e = Config::load_with(Some(&f), &bad).unwrap_err().to_string();
+        assert!(e.starts_with("--set: run.repetitions"), "{e}");
+        let bad = [crate::settings::parse_assignment("rnu.repetitions=1").unwrap()];
+        let e = Config::load_with(Some(&f), &bad).unwrap_err().to_string();
+        assert!(e.contains("unknown key `rnu`"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod registry;
 pub mod result;
 pub mod sample;
 pub mod scorer;
+pub mod settings;
 pub mod suite;
 
 pub use backend::InferenceBackend;

@@ -5,13 +5,21 @@
 //! (from `epi-bench.toml` and command-line flags), the factory deserializes its own typed config
 //! (unknown keys rejected) and builds the running thing.
 //!
+//! Every registration also describes its configuration ([`Settings`], derived from the config
+//! struct): `epi list plugins --details KEY`, `--set`, and the generated docs tables come from it.
+//! What a plugin can do for commands that choose one by ability ([`Capability`]) and the other
+//! TOML tables that configure it ([`PluginRegistration::toml_aliases`]) are declared here too, in
+//! the plugin's own file: nothing outside it names the key.
+//!
 //! ```ignore
 //! epi_core::inventory::submit! {
 //!     epi_core::registry::PluginRegistration {
 //!         key: "rapl",
-//!         kind: epi_core::registry::PluginKind::Power,
 //!         description: "Linux powercap RAPL counters",
 //!         factory: epi_core::registry::Factory::Power(build_rapl),
+//!         settings: epi_core::settings::Settings::of::<RaplConfig>,
+//!         toml_aliases: &[],
+//!         capabilities: &[epi_core::registry::Capability::AutoDetect { rank: 20 }],
 //!     }
 //! }
 //! ```
@@ -21,6 +29,7 @@ use crate::error::Error;
 use crate::plot::Plot;
 use crate::power::PowerSource;
 use crate::scorer::Scorer;
+pub use crate::settings::Settings;
 use crate::suite::Suite;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -116,9 +125,41 @@ pub struct PluginRegistration {
     pub description: &'static str,
     /// How to build it.
     pub factory: Factory,
+    /// Its configuration, described (schema and example).
+    pub settings: fn() -> Settings,
+    /// Top-level tables of `epi-bench.toml` that configure it besides `[<kind>.<key>]`
+    /// (`[orchestrator]`, the name the seed README's example uses).
+    pub toml_aliases: &'static [&'static str],
+    /// What it can do, for commands that choose a plugin by ability.
+    pub capabilities: &'static [Capability],
 }
 
 inventory::collect!(PluginRegistration);
+
+/// The plugin (kind, key) that a top-level TOML table configures, if a linked-in registration
+/// declares it in [`PluginRegistration::toml_aliases`].
+pub fn toml_alias_target(table: &str) -> Option<(PluginKind, &'static str)> {
+    inventory::iter::<PluginRegistration>
+        .into_iter()
+        .find(|r| r.toml_aliases.contains(&table))
+        .map(|r| (r.factory.kind(), r.key))
+}
+
+/// An ability a plugin declares, so that commands choose plugins without naming keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// A power source `--power auto` tries, lowest rank first (when `[run] auto_power` does not
+    /// list the sources itself): it detects whether it can measure this machine.
+    AutoDetect {
+        /// Order among the auto-detected sources.
+        rank: u8,
+    },
+    /// A power source that reads a past window of a stored log: its settings `mode = "window"`,
+    /// `start` and `end` (epoch ms, UTC) make it read `[start, end)` and end. What
+    /// `epi trace pull` reads with.
+    PastWindow,
+}
 
 /// A power-source factory held by value (dynamic plugins).
 pub type DynPowerFactory =
@@ -161,6 +202,12 @@ pub struct Entry {
     pub origin: Origin,
     /// How to build it.
     pub factory: EntryFactory,
+    /// Its configuration, described; `None` for a dynamic library (ABI v1 carries no schema).
+    pub settings: Option<Settings>,
+    /// Other top-level TOML tables that configure it.
+    pub toml_aliases: Vec<String>,
+    /// What it can do.
+    pub capabilities: Vec<Capability>,
 }
 
 impl fmt::Debug for Entry {
@@ -198,6 +245,9 @@ impl Registry {
                 description: reg.description.to_string(),
                 origin: Origin::Builtin,
                 factory: EntryFactory::Builtin(reg.factory),
+                settings: Some((reg.settings)()),
+                toml_aliases: reg.toml_aliases.iter().map(|s| s.to_string()).collect(),
+                capabilities: reg.capabilities.to_vec(),
             });
         }
         entries.sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
@@ -251,6 +301,39 @@ impl Registry {
                 key: key.to_string(),
                 known: self.keys(kind).join(", "),
             })
+    }
+
+    /// The power sources `--power auto` tries, in order: those declaring
+    /// [`Capability::AutoDetect`], by rank.
+    pub fn auto_power(&self) -> Vec<String> {
+        let mut v: Vec<(u8, String)> = self
+            .list(Some(PluginKind::Power))
+            .into_iter()
+            .filter_map(|e| {
+                e.capabilities.iter().find_map(|c| match c {
+                    Capability::AutoDetect { rank } => Some((*rank, e.key.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// The keys of `kind` that declare `capability`.
+    pub fn with_capability(&self, kind: PluginKind, capability: Capability) -> Vec<String> {
+        self.list(Some(kind))
+            .into_iter()
+            .filter(|e| e.capabilities.contains(&capability))
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
+    /// The plugin a top-level TOML table (`[orchestrator]`) configures, if one declares it.
+    pub fn toml_alias(&self, table: &str) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.toml_aliases.iter().any(|a| a == table))
     }
 
     /// Builds the power source `key` with `config`.
@@ -308,8 +391,15 @@ pub fn parse_config<T: DeserializeOwned>(plugin: &str, config: &PluginConfig) ->
     } else {
         config.clone()
     };
-    serde_json::from_value(value).map_err(|e| Error::Configuration {
-        plugin: plugin.to_string(),
-        message: e.to_string(),
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        Error::Configuration {
+            plugin: plugin.to_string(),
+            message: if path.is_empty() || path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            },
+        }
     })
 }

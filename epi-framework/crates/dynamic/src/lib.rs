@@ -120,6 +120,9 @@ pub fn load_into(registry: &mut Registry, path: &Path) -> Result<(), Error> {
             abi_version: desc.abi_version,
         },
         factory: EntryFactory::DynamicPower(factory),
+        settings: None,
+        toml_aliases: Vec::new(),
+        capabilities: Vec::new(),
     })
 }
 

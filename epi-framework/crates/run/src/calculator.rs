@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 /// The composite-accuracy scorer: A = Σ wᵢ·accᵢ / Σ wᵢ over the suites run (equal weights by
 /// default), with a 95 % interval when the suites carry intervals or item counts.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompositeScorer {
     /// Weights by suite name (`mmlu`, `arc_challenge`, `hellaswag`); `None`: equal.
@@ -107,11 +107,22 @@ fn build_composite(config: &PluginConfig) -> Result<Box<dyn Scorer>, Error> {
     )?))
 }
 
+impl epi_core::settings::PluginSettings for CompositeScorer {
+    fn example() -> Self {
+        epi_core::settings::example_from(
+            serde_json::json!({"weights": {"mmlu": 0.4, "arc_challenge": 0.3, "hellaswag": 0.3}}),
+        )
+    }
+}
+
 inventory::submit! {
     PluginRegistration {
         key: "composite",
         description: "Composite accuracy: weighted mean of suite accuracies (equal weights by default)",
         factory: Factory::Scorer(build_composite),
+        settings: epi_core::settings::Settings::of::<CompositeScorer>,
+        toml_aliases: &[],
+        capabilities: &[],
     }
 }
 

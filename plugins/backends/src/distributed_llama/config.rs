@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// How the cluster is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DllamaMode {
     /// `dllama-api` on the root, queried over HTTP.
@@ -55,7 +57,7 @@ fn default_grace() -> f64 {
 
 /// Settings of `[backend.distributed-llama]` (`--hosts`, `--ssh-*`, `--model`, or
 /// `--backend-option key=value`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DllamaConfig {
     /// The nodes, root first: `host` or `host:worker_port` (the worker port defaults to

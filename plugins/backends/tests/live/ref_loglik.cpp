@@ -10,13 +10,39 @@
 // Build against the llama.cpp tree that built llama-server (see README.md here):
 //   g++ -O2 -std=c++17 ref_loglik.cpp -I$LLAMA/include -I$LLAMA/ggml/include \
 //       -L$LLAMA/build/bin -lllama -lggml -lggml-base -Wl,-rpath,$LLAMA/build/bin -o ref_loglik
-// Run: ref_loglik MODEL.gguf THREADS < pairs.tsv > ref.tsv
+// Run: ref_loglik MODEL.gguf THREADS [--server-norm TOP_N] [--kv-offset N] < pairs.tsv > ref.tsv
+//
+// What it matches. The context uses llama.cpp's defaults, as llama-server does (flash attention
+// `auto`, i.e. on for the CPU; F16 K/V cache); the scored sequence sits in KV cells 0..n-1, its
+// position p in cell p. That is what llama-server computes for a slot that owns its own KV stream
+// (`--no-kv-unified`, or `-np 1`): measured with SmolLM2-135M Q4_1 on the CPU, epi's single-pass
+// values on such a server equal these in the logits bit for bit; each log-probability is higher by
+// about 1e-4 nats (1.5e-4 at most) per scored token only because llama-server normalises with a
+// float32 sum over the vocabulary (get_token_probabilities: partial sort of the top N, expf, sum,
+// then logf). `--server-norm TOP_N` (epi's top_n, 100 by default) computes the log-probabilities
+// that way instead of in double precision: then the values equal the server's bit for bit. The
+// ubatch size (4096 here, 512 on the server: every ubatch of 64 tokens or more gives the same
+// numbers), logits at every position vs at the last one, n_seq_max, kv_unified of this context and
+// the thread count change nothing here (checked).
+// What does change the numbers is where the sequence lies in the KV cache: ggml's CPU flash
+// attention walks the cache in tiles of 64 cells (GGML_FA_TILE_KV) with an online softmax, so a
+// sequence starting at a cell that is not a multiple of 64 rounds differently, and the model
+// amplifies that (presumably through the int8 q8_1 quantisation of activations before every Q4_1
+// product): one MMLU distribution moved by up to 0.26 nats over the 64 possible offsets (flash
+// attention off: 0.04 nats away from on). With a unified KV cache (llama-server's default with
+// several slots) a slot's sequence starts wherever other slots' cells leave room, which depends on
+// the server's history, so values on such a server are reproducible there but differed from these
+// by up to 0.17 nats on an MMLU answer and 0.71 nats summed over an ARC continuation (12 + 12
+// items, `-c 4096`, 4 slots, unified KV).
+// `--kv-offset N` (default 0) first fills N cells with another sequence, to show the effect.
 #include "llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -38,8 +64,23 @@ static std::vector<llama_token> parse_ids(const std::string & s, size_t line, co
 }
 
 int main(int argc, char ** argv) {
-    if (argc != 3) {
-        std::fprintf(stderr, "usage: %s MODEL.gguf THREADS < pairs.tsv\n", argv[0]);
+    int kv_offset = 0;
+    int server_top_n = 0;  // 0: log-softmax in double precision
+    bool bad = argc < 3;
+    for (int i = 3; !bad && i < argc; i += 2) {
+        const std::string opt = argv[i];
+        const int v = i + 1 < argc ? std::atoi(argv[i + 1]) : -1;
+        if (opt == "--kv-offset" && v >= 0 && v <= 1024) {
+            kv_offset = v;
+        } else if (opt == "--server-norm" && v >= 1) {
+            server_top_n = v;
+        } else {
+            bad = true;
+        }
+    }
+    if (bad) {
+        std::fprintf(stderr, "usage: %s MODEL.gguf THREADS [--server-norm TOP_N] [--kv-offset 0..1024] < pairs.tsv\n",
+                     argv[0]);
         return 2;
     }
     const int n_threads = std::atoi(argv[2]);
@@ -54,10 +95,11 @@ int main(int argc, char ** argv) {
     const int n_vocab = llama_vocab_n_tokens(vocab);
     const uint32_t n_max = 4096;
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = n_max;
+    cp.n_ctx = n_max + (uint32_t) kv_offset;
     cp.n_batch = n_max;
     cp.n_ubatch = n_max;  // the whole sequence in one ubatch: one forward pass
-    cp.n_seq_max = 1;
+    cp.n_seq_max = kv_offset > 0 ? 2 : 1;
+    cp.kv_unified = kv_offset > 0;  // the padding sequence shares the cells, as on a unified server
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     llama_context * ctx = llama_init_from_model(model, cp);
@@ -93,6 +135,23 @@ int main(int argc, char ** argv) {
         std::vector<llama_token> all = c;
         all.insert(all.end(), k.begin(), k.end());
         llama_memory_clear(llama_get_memory(ctx), true);
+        if (kv_offset > 0) {
+            // occupy cells 0..kv_offset-1 with sequence 1 (masked out for sequence 0)
+            llama_batch d = llama_batch_init(kv_offset, 0, 1);
+            for (int i = 0; i < kv_offset; i++) {
+                d.token[i] = all[(size_t) i % all.size()];
+                d.pos[i] = (llama_pos) i;
+                d.n_seq_id[i] = 1;
+                d.seq_id[i][0] = 1;
+                d.logits[i] = 0;
+            }
+            d.n_tokens = kv_offset;
+            if (llama_decode(ctx, d) != 0) {
+                std::fprintf(stderr, "stdin:%zu: llama_decode of the KV padding failed\n", lineno);
+                return 4;
+            }
+            llama_batch_free(d);
+        }
         llama_batch b = llama_batch_init((int32_t) all.size(), 0, 1);
         for (size_t i = 0; i < all.size(); i++) {
             b.token[i] = all[i];
@@ -124,6 +183,29 @@ int main(int argc, char ** argv) {
                 se += std::exp((double) lg[v] - mx);
             }
             double lp = (double) lg[k[j]] - mx - std::log(se);
+            if (server_top_n > 0) {
+                // llama-server's get_token_probabilities() and logarithm(), in float32
+                std::vector<llama_token_data> cur(n_vocab);
+                for (int v = 0; v < n_vocab; v++) {
+                    cur[v] = llama_token_data{ (llama_token) v, lg[v], 0.0f };
+                }
+                std::partial_sort(cur.begin(), cur.begin() + std::min(server_top_n, n_vocab), cur.end(),
+                                  [](const llama_token_data & a, const llama_token_data & b) {
+                                      return a.logit > b.logit;
+                                  });
+                const float max_l = cur[0].logit;
+                float cum_sum = 0.0f;
+                for (auto & t : cur) {
+                    t.p = expf(t.logit - max_l);
+                    cum_sum += t.p;
+                }
+                for (auto & t : cur) {
+                    t.p /= cum_sum;
+                    if (t.id == k[j]) {
+                        lp = t.p == 0.0f ? (double) std::numeric_limits<float>::lowest() : (double) std::log(t.p);
+                    }
+                }
+            }
             sum += lp;
             if (arg != k[j]) {
                 greedy = false;
