@@ -11,7 +11,7 @@
 //!    `echo` (recorded), older builds reject it.
 //! 2. **top-n** — llama.cpp's native `/completion` with a token-id prompt, `n_predict: 1`,
 //!    `n_probs: N`, teacher-forced token by token; exact per item only when every continuation token
-//!    was within the top N ([`ContinuationScore::exact`]) and the value is the single-pass one. In
+//!    was within the top N ([`ContinuationScore::exact`](epi_core::backend::ContinuationScore::exact)) and the value is the single-pass one. In
 //!    the default [`TopNMode::SinglePass`] every request evaluates its whole prompt afresh
 //!    (`cache_prompt: false`), one request at a time, so the same command on the same server gives
 //!    the same numbers; [`TopNMode::Cached`] reuses the prompt cache across slots (faster, not
@@ -26,8 +26,8 @@
 //! accepting new ones while a request is pending, is reported as unavailable, never waited on.
 
 //!
-//! Layout: [`server`] holds each server's quirks (the one table of how the servers differ),
-//! `detect` finds out which server answers, `session` builds the state at start, [`transport`]
+//! Layout: `server` holds each server's quirks (the one table of how the servers differ),
+//! `detect` finds out which server answers, `session` builds the state at start, `transport`
 //! sends requests (retries, streams, admission, liveness), `generate` generates and `scoring`
 //! computes log-likelihoods (echo, top-n, single-pass); `replies` reads what servers answer.
 
