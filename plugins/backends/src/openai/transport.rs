@@ -12,12 +12,16 @@
 //!   listener but keeps open connections waiting) refuses it: the request is abandoned at once
 //!   with [`BackendError::Unavailable`] instead of waiting for the whole-request timeout.
 //!
+//! Every request body is validated before it is sent ([`validate_body`]: valid JSON, chat message
+//! `content` a string, `stop` a list of strings), and headers go out in title case
+//! (`Content-Length`: dllama-api reads no other spelling and dies on a lower-case one).
+//!
 //! Failures: a refused connection (after the retries) or a refused liveness probe is
 //! `Unavailable`, a timeout `Timeout`, anything else (5xx after the retries, a broken stream) a
 //! `BadReply` with the server's own message.
 
 use super::replies::{error_message, finish_reason, snippet, usage_counts};
-use super::{validate_body, OpenAiBackend, Session};
+use super::{OpenAiBackend, Session};
 use crate::sse::SseReader;
 use epi_core::backend::BackendError;
 use serde_json::Value;
@@ -25,6 +29,47 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// Checks a request body before it is sent: it must serialise to valid JSON, and every chat
+/// message must have a string `role` and a string `content` (dllama-api dies on array content).
+pub fn validate_body(body: &Value) -> Result<Vec<u8>, String> {
+    let bytes =
+        serde_json::to_vec(body).map_err(|e| format!("the request cannot be serialised: {e}"))?;
+    let back: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("the request does not serialise to valid JSON: {e}"))?;
+    if !back.is_object() {
+        return Err("the request body must be a JSON object".into());
+    }
+    // dllama-api reads `stop` as a list of strings and `stream` as a boolean and dies otherwise.
+    if let Some(stop) = back.get("stop") {
+        if !stop
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string))
+        {
+            return Err("`stop` must be an array of strings".into());
+        }
+    }
+    if back.get("stream").is_some_and(|s| !s.is_boolean()) {
+        return Err("`stream` must be a boolean".into());
+    }
+    if let Some(messages) = back.get("messages") {
+        let list = messages.as_array().ok_or("`messages` must be an array")?;
+        if list.is_empty() {
+            return Err("`messages` is empty".into());
+        }
+        for (i, m) in list.iter().enumerate() {
+            if !m.get("role").is_some_and(Value::is_string) {
+                return Err(format!("messages[{i}].role must be a string"));
+            }
+            if !m.get("content").is_some_and(Value::is_string) {
+                return Err(format!(
+                    "messages[{i}].content must be a string (some servers die on arrays)"
+                ));
+            }
+        }
+    }
+    Ok(bytes)
+}
 
 /// One HTTP exchange's outcome, kept for errors and statistics.
 pub(super) struct Reply {
@@ -476,4 +521,117 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::{OpenAiConfig, ServerKind};
+    use epi_core::backend::{GenerateRequest, InferenceBackend};
+    use serde_json::json;
+
+    #[test]
+    fn bodies_with_array_content_are_refused() {
+        let ok = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
+        let bytes = validate_body(&ok).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), ok);
+        let bad =
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+        assert!(validate_body(&bad)
+            .unwrap_err()
+            .contains("messages[0].content must be a string"));
+        assert!(validate_body(&json!({"messages": []})).is_err());
+        assert!(validate_body(&json!({"prompt": "x", "stop": "\n"})).is_err());
+        assert!(validate_body(&json!({"prompt": "x", "stop": ["\n"], "stream": false})).is_ok());
+        assert!(validate_body(&json!({"prompt": "x", "stream": "yes"})).is_err());
+        assert!(validate_body(&json!([1, 2])).is_err());
+    }
+
+    /// A server that answers every request with `reply` and keeps the raw requests it read.
+    async fn canned(
+        reply: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 65536];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = c.write_all(reply.as_bytes()).await;
+                let _ = c.shutdown().await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn generic(url: &str) -> OpenAiBackend {
+        let mut c = OpenAiConfig::new(url);
+        c.server = ServerKind::Generic;
+        c.model = Some("m".into());
+        c.retry_backoff_s = 0.01;
+        OpenAiBackend::new("openai", c)
+    }
+
+    #[tokio::test]
+    async fn persistent_server_errors_fail_the_query_not_the_run() {
+        let (url, seen) =
+            canned("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 28\r\nConnection: close\r\n\r\n{\"error\":{\"message\":\"boom\"}}").await;
+        let mut b = generic(&url);
+        b.start().await.unwrap();
+        let req = GenerateRequest {
+            prompt: "hi".into(),
+            chat: true,
+            max_tokens: 2,
+            stop: vec![],
+            stream: false,
+        };
+        let e = b.generate(&req).await.unwrap_err();
+        assert!(matches!(e, BackendError::BadReply { .. }), "{e}");
+        assert!(e.to_string().contains("HTTP 500: boom"), "{e}");
+        assert_eq!(seen.lock().unwrap().len(), 3, "one attempt and two retries");
+    }
+
+    #[tokio::test]
+    async fn content_length_goes_out_in_title_case() {
+        let body =
+            r#"{"choices":[{"message":{"role":"assistant","content":"ok"},"finish_reason":""}]}"#;
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (url, seen) = canned(reply).await;
+        let mut b = generic(&url);
+        b.start().await.unwrap();
+        let req = GenerateRequest {
+            prompt: "hi".into(),
+            chat: true,
+            max_tokens: 2,
+            stop: vec![],
+            stream: false,
+        };
+        assert_eq!(b.generate(&req).await.unwrap().text, "ok");
+        let raw = seen.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            raw.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("\r\nContent-Length: "), "{raw}");
+        assert!(!raw.contains("content-length"), "{raw}");
+        assert!(
+            raw.contains("\r\nContent-Type: application/json\r\n"),
+            "{raw}"
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! source's reading of `sqlite3` output — [`parse_reply`], the schema check and the conversion of
 //! rows into samples — on text given here instead of read over SSH. Nothing here does I/O.
 
-use super::{parse_reply, OrchestratorConfig, OrchestratorSource};
+use super::query::parse_reply;
+use super::{OrchestratorConfig, OrchestratorSource};
 use epi_core::power::PowerError;
 use epi_core::sample::{PowerSample, SourceEvent, SourceStats};
 

@@ -1,9 +1,12 @@
 //! Tests of the `orchestrator` source: configuration checks, row parsing, and end to end against
 //! a real `sshd` on 127.0.0.1 and a real SQLite database in WAL mode being written while it is read.
 
+use super::query::{parse_row, DbRow};
 use super::*;
+use epi_core::sample::{EnergyMethod, PowerSample};
 use epi_ssh::testing::{require_tool, Sshd};
 use rusqlite::Connection;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

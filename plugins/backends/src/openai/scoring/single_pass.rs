@@ -29,10 +29,9 @@
 //! restored prompt alone. [`OpenAiBackend::check_single_pass`] verifies at start that the method
 //! gives a full evaluation's numbers on this server and that no prompt is restored.
 
-use super::replies::parse_top_n;
-use super::{OpenAiBackend, Session};
 use crate::loglik::{Fidelity, TopN};
-use epi_core::backend::BackendError;
+use crate::openai::{OpenAiBackend, Session, TopNMode, PROBE_TEXT};
+use epi_core::backend::{BackendError, LoglikelihoodSupport};
 use serde_json::{json, Value};
 
 /// Largest difference (nats) between the single-pass method and a full evaluation that the start-up
@@ -51,7 +50,7 @@ pub(super) struct SlotState {
 }
 
 /// The single-pass state of a session.
-pub(super) struct SinglePass {
+pub(in crate::openai) struct SinglePass {
     /// `min_batch_tokens`.
     pub(super) min: usize,
     /// `max_batch_tokens`.
@@ -104,6 +103,69 @@ pub(super) fn plan(held: &[u32], valid: usize, prompt: &[u32], min: usize, max: 
         from,
         steps,
         start,
+    }
+}
+
+impl OpenAiBackend {
+    /// Sets up single-pass scoring when the session scores by top-N on a server with llama.cpp's
+    /// native `/completion` in the single-pass mode: pins slot 0 and checks the method on this
+    /// server, recording the check in `details` (and a warning when it failed). Returns whether
+    /// single-pass values can be trusted (true when there is nothing to set up).
+    pub(in crate::openai) async fn start_single_pass(
+        &self,
+        s: &mut Session,
+        details: &mut serde_json::Map<String, Value>,
+        warnings: &mut Vec<String>,
+    ) -> Result<bool, BackendError> {
+        if !(s.profile.quirks().native_top_n
+            && matches!(s.ll, LoglikelihoodSupport::TopN { .. })
+            && self.config.top_n_mode == TopNMode::SinglePass)
+        {
+            return Ok(true);
+        }
+        let sp = SinglePass {
+            min: self.config.min_batch_tokens,
+            max: self.config.max_batch_tokens,
+            slot: std::sync::Mutex::new(SlotState {
+                id: 0,
+                held: Vec::new(),
+                valid: 0,
+            }),
+            item: tokio::sync::Mutex::new(()),
+            trusted: true,
+        };
+        let unit = self.tokenize(s, PROBE_TEXT).await?;
+        let check = self.check_single_pass(s, &sp, &unit).await?;
+        let trusted = matches!(check, Ok(d) if d <= CHECK_TOLERANCE);
+        details.insert(
+            "single_pass_check".into(),
+            match &check {
+                Ok(d) => json!({
+                    "max_abs_diff_nats": d,
+                    "tolerance_nats": CHECK_TOLERANCE,
+                    "passed": trusted,
+                }),
+                Err(why) => json!({"passed": false, "why": why}),
+            },
+        );
+        if !trusted {
+            warnings.push(format!(
+                "the single-pass check failed ({}): log-likelihoods are approximate (none \
+                 marked exact) and may differ between runs of the same command",
+                match &check {
+                    Ok(d) => format!(
+                        "the method differs from a full evaluation by {d:.3} nats; \
+                         tolerance {CHECK_TOLERANCE}"
+                    ),
+                    Err(why) => why.clone(),
+                }
+            ));
+        }
+        details.insert("slot".into(), json!(0));
+        details.insert("min_batch_tokens".into(), json!(sp.min));
+        details.insert("max_batch_tokens".into(), json!(sp.max));
+        s.single_pass = Some(SinglePass { trusted, ..sp });
+        Ok(trusted)
     }
 }
 
@@ -310,33 +372,6 @@ impl OpenAiBackend {
             )));
         }
         Ok(Ok(max_abs_diff(&whole, &by_method)))
-    }
-
-    /// One top-N request for `prompt`: on `slot` when given, with or without the prompt cache.
-    pub(super) async fn top_n_request(
-        &self,
-        s: &Session,
-        prompt: &[u32],
-        slot: Option<u32>,
-        cache_prompt: bool,
-    ) -> Result<TopN, BackendError> {
-        let mut body = json!({
-            "prompt": prompt,
-            "n_predict": 1,
-            "n_probs": self.config.top_n,
-            "temperature": 0.0,
-            "cache_prompt": cache_prompt,
-            "post_sampling_probs": false,
-        });
-        if let Some(id) = slot {
-            body["id_slot"] = json!(id);
-        }
-        let kv_tokens = prompt.len() as u64 + 1;
-        let (v, _) = self
-            .post_json(s, "/completion", &body, Some(kv_tokens))
-            .await?;
-        parse_top_n(&v, prompt.len() as u64, Fidelity::Approximate)
-            .map_err(|m| self.err_bad(format!("/completion: {m}")))
     }
 }
 
