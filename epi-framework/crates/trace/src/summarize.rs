@@ -7,6 +7,7 @@
 
 use super::parse::{parse_row, Header};
 use super::reader::TraceReader;
+use epi_core::energy::{ChannelIntegral, Interval};
 use epi_core::error::{Error, InputError, Location};
 use epi_core::result::Gap;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -189,11 +190,9 @@ struct NodePart {
     first_line: u64,
     last: Rec,
     samples: u64,
-    wms: f64, // energy in W·ms (×2: the ½ of the trapezoid is applied at the end)
-    covered: f64,
-    gaps: u64,
+    /// Energy (in the kernel's accumulation form), covered time, gaps, longest interval.
+    sum: ChannelIntegral,
     gap_list: Vec<Gap>,
-    max_dt: f64,
     peak_w: f64,
     counter_all: bool,
 }
@@ -973,9 +972,7 @@ impl NodeIndex {
 struct Hot {
     last_t: f64,
     last_w: f64,
-    wms: f64,
-    covered: f64,
-    max_dt: f64,
+    sum: ChannelIntegral,
     peak_w: f64,
     samples: u64,
 }
@@ -1068,29 +1065,24 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             first_line: line,
             last: r,
             samples: 1,
-            wms: 0.0,
-            covered: 0.0,
-            gaps: 0,
+            sum: ChannelIntegral::default(),
             gap_list: Vec::new(),
-            max_dt: 0.0,
             peak_w: r.w,
             counter_all: !r.e.is_nan(),
         });
         self.hot.push(Hot {
             last_t: r.t,
             last_w: r.w,
-            wms: 0.0,
-            covered: 0.0,
-            max_dt: 0.0,
+            sum: ChannelIntegral::default(),
             peak_w: r.w,
             samples: 1,
         });
     }
 
+    /// Lists a gap (the channel's integral counts it).
     #[cold]
     fn gap(&mut self, i: usize, r: Rec, from: f64) {
         let p = &mut self.parts[i];
-        p.gaps += 1;
         if p.gap_list.len() < self.max_gaps {
             p.gap_list.push(Gap {
                 node_id: r.node,
@@ -1126,22 +1118,15 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
                 unreachable!("the node index hands out indices of existing channels")
             };
             let last_t = h.last_t;
-            let dt = r.t - last_t;
-            if dt < 0.0 {
+            let iv = Interval::power(last_t, h.last_w, r.t, r.w);
+            if iv.dt() < 0.0 {
                 let msg = format!(
                     "{} is earlier than node {}'s previous sample at {} ms; expected timestamps that never decrease within a node",
                     r.t, r.node, last_t
                 );
                 return self.fail(line, "timestamp_ms", msg);
             }
-            h.wms += dt * (r.w + h.last_w);
-            let is_gap = dt > gap_limit;
-            if !is_gap {
-                h.covered += dt;
-            }
-            if dt > h.max_dt {
-                h.max_dt = dt;
-            }
+            let is_gap = h.sum.add(&iv, gap_limit);
             if r.w > h.peak_w {
                 h.peak_w = r.w;
             }
@@ -1240,9 +1225,9 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             let Some(h) = hot.get_mut(c) else {
                 break;
             };
-            // At least 0: the channel's last sample is no later than the previous row.
-            let dt = t - h.last_t;
-            if dt > gap {
+            // At least 0 long: the channel's last sample is no later than the previous row.
+            let iv = Interval::power(h.last_t, h.last_w, t, w);
+            if iv.is_gap(gap) {
                 break;
             }
             let bit = 1u64 << (c & 63);
@@ -1264,11 +1249,7 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             group_bits |= bit;
             group_len += 1;
             group_sum += w;
-            h.wms += dt * (w + h.last_w);
-            h.covered += dt;
-            if dt > h.max_dt {
-                h.max_dt = dt;
-            }
+            h.sum.add(&iv, gap);
             if w > h.peak_w {
                 h.peak_w = w;
             }
@@ -1318,9 +1299,7 @@ impl<const COUNTER: bool> BlockIntegrator<COUNTER> {
             return;
         }
         for (p, h) in parts.iter_mut().zip(&hot) {
-            p.wms = h.wms;
-            p.covered = h.covered;
-            p.max_dt = h.max_dt;
+            p.sum = h.sum;
             p.peak_w = h.peak_w;
             p.samples = h.samples;
             p.last.t = h.last_t;
@@ -1400,7 +1379,7 @@ impl<'a> Merger<'a> {
             match self.nodes.get_mut(&part.node) {
                 None => {
                     self.nodes.insert(part.node, part.clone());
-                    self.gap_count += part.gaps;
+                    self.gap_count += part.sum.gaps;
                     for g in &part.gap_list {
                         if self.gaps.len() < self.max_gaps {
                             self.gaps.push(g.clone());
@@ -1408,9 +1387,11 @@ impl<'a> Merger<'a> {
                     }
                 }
                 Some(acc) => {
-                    let dt = part.first.t - acc.last.t;
+                    // The interval from the last reading before the block to its first.
+                    let bridge =
+                        Interval::power(acc.last.t, acc.last.w, part.first.t, part.first.w);
                     let line = part.first_line;
-                    if dt < 0.0 {
+                    if bridge.dt() < 0.0 {
                         note(
                             line,
                             "timestamp_ms",
@@ -1432,9 +1413,7 @@ impl<'a> Merger<'a> {
                         );
                         continue;
                     }
-                    acc.wms += dt * (part.first.w + acc.last.w) + part.wms;
-                    if dt > gap_limit {
-                        acc.gaps += 1;
+                    if acc.sum.join(&bridge, &part.sum, gap_limit) {
                         self.gap_count += 1;
                         if self.gaps.len() < self.max_gaps {
                             self.gaps.push(Gap {
@@ -1443,18 +1422,13 @@ impl<'a> Merger<'a> {
                                 end_ms: part.first.t,
                             });
                         }
-                    } else {
-                        acc.covered += dt;
                     }
-                    acc.covered += part.covered;
-                    acc.gaps += part.gaps;
-                    self.gap_count += part.gaps;
+                    self.gap_count += part.sum.gaps;
                     for g in &part.gap_list {
                         if self.gaps.len() < self.max_gaps {
                             self.gaps.push(g.clone());
                         }
                     }
-                    acc.max_dt = acc.max_dt.max(dt).max(part.max_dt);
                     acc.peak_w = acc.peak_w.max(part.peak_w);
                     acc.counter_all = acc.counter_all && part.counter_all;
                     acc.samples += part.samples;
@@ -1500,10 +1474,10 @@ impl<'a> Merger<'a> {
                     samples: p.samples,
                     first_ms: p.first.t,
                     last_ms: p.last.t,
-                    joules: p.wms / 2000.0,
-                    covered_ms: p.covered,
-                    gaps: p.gaps,
-                    max_interval_ms: p.max_dt,
+                    joules: p.sum.joules(),
+                    covered_ms: p.sum.covered_ms,
+                    gaps: p.sum.gaps,
+                    max_interval_ms: p.sum.max_dt_ms,
                     peak_watts: p.peak_w,
                     counter_joules: if p.counter_all {
                         Some(p.last.e - p.first.e)
