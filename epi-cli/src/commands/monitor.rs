@@ -26,6 +26,7 @@ use crate::context::Context;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use epi_framework::config::Override;
+use epi_framework::energy::{wms2_to_joules, Interval};
 use epi_framework::power::PowerError;
 use epi_framework::registry::PluginKind;
 use epi_framework::run::recorder::TraceRecorder;
@@ -201,9 +202,8 @@ impl ChannelView {
 
     fn push(&mut self, s: &PowerSample) {
         if let Some(l) = &self.last {
-            let dt = s.t_ms - l.t_ms;
-            if dt > 0.0 {
-                self.wms2 += dt * (s.watts + l.watts);
+            if let Some(iv) = Interval::forward(l.t_ms, l.watts, s.t_ms, s.watts) {
+                self.wms2 += iv.wms2();
             }
         }
         match (s.energy_j, self.counter) {
@@ -222,7 +222,7 @@ impl ChannelView {
     }
 
     fn integrated_j(&self) -> f64 {
-        self.wms2 / 2000.0
+        wms2_to_joules(self.wms2)
     }
 
     fn counter_j(&self) -> Option<f64> {

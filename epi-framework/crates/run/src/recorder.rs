@@ -22,6 +22,7 @@
 //! source that fell **silent** — no sample for longer than it had for its first ones (at least
 //! four sample periods): a stalled meter, or one unplugged and not back.
 
+use epi_core::energy::Interval;
 use epi_core::error::Error;
 use epi_core::power::{PowerError, PowerSource};
 use epi_core::sample::{PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats};
@@ -583,8 +584,8 @@ fn absorb(s: &mut Shared, batch: SampleBatch, arrival_ms: f64) {
         s.min_lag_ms = Some(s.min_lag_ms.map_or(lag, |m| m.min(lag)));
         s.max_lag_ms = Some(s.max_lag_ms.map_or(lag, |m| m.max(lag)));
         if let Some(&(t0, w0)) = s.last_by_channel.get(&x.channel) {
-            if x.t_ms > t0 {
-                s.live.joules += (x.t_ms - t0) * (w0 + x.watts) / 2000.0;
+            if let Some(iv) = Interval::forward(t0, w0, x.t_ms, x.watts) {
+                s.live.joules += iv.joules();
             }
         }
         s.last_by_channel.insert(x.channel, (x.t_ms, x.watts));
