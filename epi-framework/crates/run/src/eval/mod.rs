@@ -1,13 +1,13 @@
-//! The evaluation runner: runs a [`Suite`]'s items through an [`InferenceBackend`] in one
-//! [`ScoringMode`], writes a [`QueryRecord`] per item as it finishes, and aggregates per-suite
+//! The evaluation runner: runs a [`Suite`]'s items through an [`InferenceBackend`](epi_core::backend::InferenceBackend) in one
+//! [`ScoringMode`], writes a [`QueryRecord`](epi_records::QueryRecord) per item as it finishes, and aggregates per-suite
 //! [`SuiteScore`]s.
 //!
 //! - **Mode.** [`choose_mode`]: log-likelihood when the backend supports it, else generative; a
 //!   forced mode the backend cannot do is an error. One run uses one mode for every suite, so
 //!   numbers from different modes are never mixed.
-//! - **Log-likelihood.** One [`LoglikelihoodRequest`] per item (the rendered context and
+//! - **Log-likelihood.** One [`LoglikelihoodRequest`](epi_core::backend::LoglikelihoodRequest) per item (the rendered context and
 //!   `target_delimiter + choice` for each choice); `acc` from the largest summed log-probability,
-//!   `acc_norm` from the largest log-probability per character ([`SuiteItem::loglikelihood_predictions`]).
+//!   `acc_norm` from the largest log-probability per character ([`SuiteItem::loglikelihood_predictions`](epi_core::suite::SuiteItem::loglikelihood_predictions)).
 //!   Each choice's exactness is recorded (the top-N method can be inexact).
 //! - **Generative.** [`generative_prompt`] ([`epi_core::generative`]) renders the item's few-shot
 //!   examples (the log-likelihood mode's draws) and question as lettered questions, each example
@@ -23,7 +23,7 @@
 //! - **Timeline.** Every record's `start_s`/`end_s` are seconds on the host monotonic clock since
 //!   the `origin` instant the caller gives (the profile run's session start), and the runner keeps
 //!   the list of [`QueryWindow`]s for energy attribution.
-//! - **Interruption.** Records are pushed to the [`RecordSink`] as each item finishes. The future
+//! - **Interruption.** Records are pushed to the [`RecordSink`](epi_records::RecordSink) as each item finishes. The future
 //!   returned by [`Evaluator::run_suite`] can be dropped at any await point (Ctrl-C): everything
 //!   finished is on disk and in [`Evaluator::runs`], and [`Evaluator::partial_score`] aggregates it.
 //! - **Concurrency.** Up to the backend's `max_concurrency` items are in flight at once (or fewer
