@@ -53,6 +53,7 @@ pub mod testing;
 
 pub mod known_hosts;
 
+use epi_core::lines::{trim_cr, LineSplitter, Overlong, Piece};
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, Disconnect};
@@ -1108,23 +1109,28 @@ impl SshSession {
         let command = format!("exec {}", command_line(&["sh", "-c", script])?);
         let mut channel = self.open_exec(command, deadline, limit).await?;
         let mut best: Option<ClockOffset> = None;
-        let mut pending: Vec<u8> = Vec::new();
+        // Lines as they came, none cut: the probe fails on a line that is not a number.
+        let mut splitter = LineSplitter::new(usize::MAX, Overlong::Cut);
+        let mut lines: VecDeque<String> = VecDeque::new();
         let result: Result<(), SshError> = async {
             for _ in 0..probes {
                 let t0_utc = utc_ns_now();
                 let t0 = Instant::now();
                 channel.data_bytes(&b"\n"[..]).await.map_err(|e| self.protocol("clock probe", e))?;
                 let line = loop {
-                    if let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=pos).collect();
-                        break String::from_utf8_lossy(&line).trim().to_string();
+                    if let Some(line) = lines.pop_front() {
+                        break line;
                     }
                     match timeout_at(deadline, channel.wait()).await {
                         Err(_) => return Err(self.timeout("measuring the clock offset", limit)),
                         Ok(None) | Ok(Some(ChannelMsg::Close)) | Ok(Some(ChannelMsg::Eof)) => {
                             return Err(self.protocol("clock probe", "the remote `date` loop ended"))
                         }
-                        Ok(Some(ChannelMsg::Data { data })) => pending.extend_from_slice(&data),
+                        Ok(Some(ChannelMsg::Data { data })) => splitter.feed(&data, |piece| {
+                            if let Piece::Line(line) | Piece::Cut(line) = piece {
+                                lines.push_back(String::from_utf8_lossy(line).trim().to_string());
+                            }
+                        }),
                         Ok(Some(_)) => {}
                     }
                 };
@@ -1336,38 +1342,31 @@ impl ProcShared {
 const STDERR_TAIL_LINES: usize = 50;
 const MAX_LINE_BYTES: usize = 1 << 20;
 
-/// Splits a byte stream into lines.
-#[derive(Default)]
-struct LineSplitter {
-    buf: Vec<u8>,
-}
+/// The lines of a remote process's stdout or stderr: the one line splitter
+/// ([`epi_core::lines`]), a line that grows beyond [`MAX_LINE_BYTES`] without a newline handed
+/// over as it stands; a `\r\n` ending is removed, invalid UTF-8 replaced.
+struct TextLines(LineSplitter);
 
-impl LineSplitter {
+impl TextLines {
+    fn new() -> TextLines {
+        TextLines(LineSplitter::new(MAX_LINE_BYTES, Overlong::Cut))
+    }
+
     fn push(&mut self, data: &[u8]) -> Vec<String> {
-        self.buf.extend_from_slice(data);
         let mut lines = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            lines.push(String::from_utf8_lossy(&line).into_owned());
-        }
-        if self.buf.len() > MAX_LINE_BYTES {
-            let line: Vec<u8> = std::mem::take(&mut self.buf);
-            lines.push(String::from_utf8_lossy(&line).into_owned());
-        }
+        self.0.feed(data, |piece| match piece {
+            Piece::Line(line) => lines.push(String::from_utf8_lossy(trim_cr(line)).into_owned()),
+            Piece::Cut(part) => lines.push(String::from_utf8_lossy(part).into_owned()),
+            // Not produced under `Overlong::Cut`.
+            Piece::TooLong => {}
+        });
         lines
     }
 
     fn finish(&mut self) -> Option<String> {
-        if self.buf.is_empty() {
-            None
-        } else {
-            let line = std::mem::take(&mut self.buf);
-            Some(String::from_utf8_lossy(&line).into_owned())
-        }
+        self.0
+            .finish()
+            .map(|line| String::from_utf8_lossy(&line).into_owned())
     }
 }
 
@@ -1379,8 +1378,8 @@ async fn read_process(
     pid_tx: watch::Sender<Option<u32>>,
     done_tx: watch::Sender<bool>,
 ) {
-    let mut out = LineSplitter::default();
-    let mut err = LineSplitter::default();
+    let mut out = TextLines::new();
+    let mut err = TextLines::new();
     let mut status = RemoteExit::Unknown;
     let mut pid_seen = false;
     // Events are forwarded while someone listens; once the receiver is gone they are dropped,

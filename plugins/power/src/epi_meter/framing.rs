@@ -1,70 +1,30 @@
-//! Framing: the serial byte stream cut into lines, a line longer than `max_line_bytes` without a
-//! newline reported once and skipped up to the next newline.
+//! Framing: the serial byte stream cut into lines by the one line splitter
+//! ([`epi_core::lines`]); a line longer than `max_line_bytes` is reported once as a bad line and
+//! skipped up to the next newline. A partial line is forgotten when the port is lost
+//! ([`LineSplitter::reset`]).
 
-/// Splits a byte stream into lines, bounding the length of a line.
-#[derive(Debug, Default)]
-pub(crate) struct LineSplitter {
-    buf: Vec<u8>,
-    /// Inside an over-long line: drop bytes until the next newline.
-    discarding: bool,
+use super::stream::MeterStream;
+use crate::host_time::Arrival;
+use epi_core::lines::{LineSplitter, Overlong, Piece};
+use epi_core::sample::PowerSample;
+
+/// The splitter for lines of at most `max_line` bytes.
+pub(crate) fn splitter(max_line: usize) -> LineSplitter {
+    LineSplitter::new(max_line, Overlong::Skip)
 }
 
-/// What the splitter produced.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Framed<'a> {
-    Line(&'a [u8]),
-    TooLong,
-}
-
-impl LineSplitter {
-    /// Feeds `data` and calls `f` with each complete line (and each over-long line).
-    pub fn feed(&mut self, data: &[u8], max_line: usize, mut f: impl FnMut(Framed<'_>)) {
-        let mut rest = data;
-        while !rest.is_empty() {
-            match memchr_nl(rest) {
-                Some(p) => {
-                    let (head, tail) = (&rest[..p], &rest[p + 1..]);
-                    if self.discarding {
-                        self.discarding = false;
-                    } else if self.buf.is_empty() {
-                        if head.len() > max_line {
-                            f(Framed::TooLong);
-                        } else {
-                            f(Framed::Line(head));
-                        }
-                    } else {
-                        self.buf.extend_from_slice(head);
-                        if self.buf.len() > max_line {
-                            f(Framed::TooLong);
-                        } else {
-                            f(Framed::Line(&self.buf));
-                        }
-                        self.buf.clear();
-                    }
-                    rest = tail;
-                }
-                None => {
-                    if !self.discarding {
-                        self.buf.extend_from_slice(rest);
-                        if self.buf.len() > max_line {
-                            f(Framed::TooLong);
-                            self.buf.clear();
-                            self.discarding = true;
-                        }
-                    }
-                    rest = &[];
-                }
-            }
-        }
-    }
-
-    /// Forgets a partial line (the connection dropped).
-    pub fn reset(&mut self) {
-        self.buf.clear();
-        self.discarding = false;
-    }
-}
-
-fn memchr_nl(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
+/// Feeds `data`, arrived at `at`, through `splitter` into `stream`; samples go to `out`.
+pub(crate) fn feed(
+    splitter: &mut LineSplitter,
+    stream: &mut MeterStream,
+    data: &[u8],
+    at: Arrival,
+    out: &mut Vec<PowerSample>,
+) {
+    let max = splitter.max();
+    splitter.feed(data, |piece| match piece {
+        Piece::Line(line) => stream.line(line, at, out),
+        // `Cut` is not produced under `Overlong::Skip`.
+        Piece::TooLong | Piece::Cut(_) => stream.too_long(at, max),
+    });
 }

@@ -34,19 +34,14 @@
 //! into a typed line), [`framing`] (bytes into lines), [`stream`] (the state machine: lines and
 //! arrival times into samples and events, no I/O) and [`source`] (the serial port).
 
-mod framing;
+pub(crate) mod framing;
 mod parse;
 mod source;
-mod stream;
+pub(crate) mod stream;
 #[cfg(test)]
 mod tests;
 
 pub use source::EpiMeter;
-#[cfg(feature = "fuzzing")]
-pub(crate) use {
-    framing::{Framed, LineSplitter},
-    stream::MeterStream,
-};
 
 use epi_core::registry::{Factory, PluginConfig, PluginRegistration};
 use epi_core::PowerSource;

@@ -154,7 +154,7 @@ impl LineParser {
 
     /// Parses one line (without its `\n`; a trailing `\r` is ignored).
     pub fn parse(&self, raw: &[u8]) -> Result<Line, BadLine> {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let raw = epi_core::lines::trim_cr(raw);
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(bad("empty line"));
         }

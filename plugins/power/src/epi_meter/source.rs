@@ -6,11 +6,12 @@
 //! fail on the meter's account: an unplugged port is a `disconnected` and later a `reconnected`
 //! event.
 
-use super::framing::{Framed, LineSplitter};
+use super::framing;
 use super::parse::Hello;
 use super::stream::MeterStream;
 use super::{EpiMeterConfig, FieldNames, FlowControl, Parity, KEY};
 use crate::host_time::{Arrival, HostClock};
+use epi_core::lines::LineSplitter;
 use epi_core::power::PowerError;
 use epi_core::sample::{
     ChannelInfo, EnergyMethod, PowerSample, SampleBatch, SourceEvent, SourceInfo, SourceStats,
@@ -54,10 +55,10 @@ impl EpiMeter {
         Ok(EpiMeter {
             stream: MeterStream::new(config.fields.clone()),
             backoff_ms: config.reconnect_initial_ms,
+            splitter: framing::splitter(config.max_line_bytes),
             config,
             clock: None,
             port: None,
-            splitter: LineSplitter::default(),
             buf: vec![0; 8192],
             pending: Vec::new(),
             disconnected_since: None,
@@ -124,17 +125,13 @@ impl EpiMeter {
 
     /// Feeds bytes that arrived at `at`; samples go to `self.pending`.
     fn feed(&mut self, n: usize, at: Arrival) {
-        let max = self.config.max_line_bytes;
-        let (splitter, stream, pending, buf) = (
+        framing::feed(
             &mut self.splitter,
             &mut self.stream,
+            &self.buf[..n],
+            at,
             &mut self.pending,
-            &self.buf,
         );
-        splitter.feed(&buf[..n], max, |f| match f {
-            Framed::Line(line) => stream.line(line, at, pending),
-            Framed::TooLong => stream.too_long(at, max),
-        });
     }
 
     fn take_batch(&mut self) -> SampleBatch {

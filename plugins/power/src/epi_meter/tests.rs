@@ -1,7 +1,7 @@
 //! Tests of the epi-meter source, layer by layer: the parser, the framing, the stream state
 //! machine on crafted lines, the factory, and the whole source on a real pty (socat).
 
-use super::framing::{Framed, LineSplitter};
+use super::framing;
 use super::parse::{ErrorLine, Line, LineParser, Reading};
 use super::stream::MeterStream;
 use super::*;
@@ -198,23 +198,32 @@ fn config(port: &str) -> EpiMeterConfig {
 }
 
 #[test]
-fn splitter_handles_partial_and_over_long_lines() {
-    let mut s = LineSplitter::default();
-    let mut got: Vec<String> = Vec::new();
-    let mut push = |f: Framed<'_>| {
-        got.push(match f {
-            Framed::Line(l) => String::from_utf8_lossy(l).into_owned(),
-            Framed::TooLong => "<too long>".into(),
-        })
-    };
-    s.feed(b"ab", 8, &mut push);
-    s.feed(b"c\nde\n", 8, &mut push);
-    s.feed(b"0123456789", 8, &mut push);
-    s.feed(b"0123\nok\n", 8, &mut push);
-    s.feed(b"0123456789abc\nz\n", 8, &mut push);
-    assert_eq!(
-        got,
-        vec!["abc", "de", "<too long>", "ok", "<too long>", "z"]
+fn framing_joins_chunks_and_skips_over_long_lines() {
+    let mut splitter = framing::splitter(100);
+    let mut s = MeterStream::new(FieldNames::default());
+    let mut out = Vec::new();
+    let one = format!("{}\r\n", sample_line(1, 100, &[(0, 10.0, None)]));
+    let two = format!("{}\n", sample_line(2, 200, &[(0, 10.0, None)]));
+    let (head, tail) = one.as_bytes().split_at(20);
+    let garbage = [b'x'; 150];
+    for chunk in [
+        head,
+        tail,
+        &garbage[..],
+        &garbage[..],
+        b"x\n",
+        two.as_bytes(),
+    ] {
+        framing::feed(&mut splitter, &mut s, chunk, at(0.0), &mut out);
+    }
+    assert_eq!(out.len(), 2);
+    assert_eq!((s.stats.samples, s.stats.bad_lines), (2, 1));
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.kind == "bad-line" && e.detail.contains("longer than 100 bytes")),
+        "{:?}",
+        s.events
     );
 }
 
