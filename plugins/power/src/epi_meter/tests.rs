@@ -199,7 +199,7 @@ fn config(port: &str) -> EpiMeterConfig {
 
 #[test]
 fn framing_joins_chunks_and_skips_over_long_lines() {
-    let mut splitter = framing::splitter(100);
+    let mut splitter = framing::splitter(200);
     let mut s = MeterStream::new(FieldNames::default());
     let mut out = Vec::new();
     let one = format!("{}\r\n", sample_line(1, 100, &[(0, 10.0, None)]));
@@ -221,7 +221,7 @@ fn framing_joins_chunks_and_skips_over_long_lines() {
     assert!(
         s.events
             .iter()
-            .any(|e| e.kind == "bad-line" && e.detail.contains("longer than 100 bytes")),
+            .any(|e| e.kind == "bad-line" && e.detail.contains("longer than 200 bytes")),
         "{:?}",
         s.events
     );
