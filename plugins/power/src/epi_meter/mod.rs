@@ -30,9 +30,9 @@
 //!   [`SourceStats::disconnected_ms`](epi_core::sample::SourceStats::disconnected_ms)).
 
 //!
-//! The layers, one file each: the configuration and the registration here; [`parse`] (one line
-//! into a typed line), [`framing`] (bytes into lines), [`stream`] (the state machine: lines and
-//! arrival times into samples and events, no I/O) and [`source`] (the serial port).
+//! The layers, one file each: the configuration and the registration here; `parse` (one line
+//! into a typed line), `framing` (bytes into lines), `stream` (the state machine: lines and
+//! arrival times into samples and events, no I/O) and `source` (the serial port).
 
 pub(crate) mod framing;
 mod parse;
