@@ -3,7 +3,7 @@
 //! times, exactly as [`crate::epi_meter::EpiMeter`] feeds them from its serial port, but with no
 //! port. Nothing here fails: every outcome is in the returned [`MeterRun`].
 
-use crate::epi_meter::{FieldNames, Framed, LineSplitter, MeterStream};
+use crate::epi_meter::{framing, stream::MeterStream, FieldNames};
 use crate::host_time::Arrival;
 use epi_core::sample::{PowerSample, SourceEvent, SourceStats};
 
@@ -36,7 +36,7 @@ pub struct MeterRun {
 
 /// Runs the epi-meter stream over `feeds` with the field table `names` and line limit `max_line`.
 pub fn epi_meter(names: FieldNames, max_line: usize, feeds: &[Feed<'_>]) -> MeterRun {
-    let mut splitter = LineSplitter::default();
+    let mut splitter = framing::splitter(max_line);
     let mut stream = MeterStream::new(names);
     let mut samples = Vec::new();
     stream.connected();
@@ -48,10 +48,7 @@ pub fn epi_meter(names: FieldNames, max_line: usize, feeds: &[Feed<'_>]) -> Mete
                 utc_ms,
             } => {
                 let at = Arrival { mono_ms, utc_ms };
-                splitter.feed(data, max_line, |f| match f {
-                    Framed::Line(line) => stream.line(line, at, &mut samples),
-                    Framed::TooLong => stream.too_long(at, max_line),
-                });
+                framing::feed(&mut splitter, &mut stream, data, at, &mut samples);
             }
             Feed::Reconnect => {
                 splitter.reset();

@@ -11,7 +11,8 @@
 //! - the energy rule ([`energy`]: the one integration kernel, attribution, counter unwrapping) and
 //!   every metric formula ([`metrics`]), each defined once as `measurement-methodology.md` states
 //!   it;
-//! - the configuration file and plugin settings ([`config`]).
+//! - the configuration file and plugin settings ([`config`]);
+//! - the one line splitter for byte streams that arrive in chunks ([`lines`]).
 //!
 //! It depends on serde, tokio's `sync` and little else: a plugin author who needs only
 //! [`PowerSource`] compiles no Arrow, SQLite, SSH or dynamic loader. The heavy parts live in their
@@ -27,6 +28,7 @@ pub mod error;
 pub mod generative;
 pub mod hardware;
 pub mod jsonio;
+pub mod lines;
 pub mod metrics;
 pub mod plot;
 pub mod power;

@@ -1,8 +1,11 @@
 //! Tests of the SSH client against a real OpenSSH `sshd` on 127.0.0.1.
 
 use super::*;
+use crate::clock::utc_ns_now;
 use crate::testing::{generate_key, require_tool, KeyType, Sshd};
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const HOSTILE: &[&str] = &[
     "",
