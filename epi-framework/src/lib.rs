@@ -23,8 +23,8 @@ pub use epi_core::{
     Location, Plot, PowerSource, Registry, Scorer, Suite, VERSION,
 };
 pub use epi_core::{
-    backend, benchmark, config, energy, error, generative, jsonio, metrics, plot, power, registry,
-    result, sample, scorer, settings, suite,
+    backend, benchmark, config, contract, energy, error, generative, jsonio, metrics, plot, power,
+    registry, result, sample, scorer, settings, suite,
 };
 pub use epi_dynamic as dynamic;
 pub use epi_resultsdb as resultsdb;

@@ -11,7 +11,7 @@ use std::process::Command;
 /// The example plugin, beside the `epi` binary. `cargo test --workspace` does not always leave a
 /// cdylib there (only a `cargo build` of the crate does), so it is built here when missing, with the
 /// cargo that runs the tests, into the same target directory and profile.
-fn example_plugin() -> Option<PathBuf> {
+pub(crate) fn example_plugin() -> Option<PathBuf> {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let bin = epi_bin();
     let profile_dir = bin.parent().unwrap().to_path_buf();

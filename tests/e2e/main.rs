@@ -2,6 +2,7 @@
 //! a real pseudo-terminal and real SQLite databases.
 
 mod calculate;
+mod contract;
 mod datasets;
 mod dllama_real;
 mod dynamic_plugin;

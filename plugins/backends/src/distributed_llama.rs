@@ -540,7 +540,7 @@ fn build(config: &PluginConfig) -> Result<Box<dyn InferenceBackend>, Error> {
 impl epi_core::settings::PluginSettings for DllamaConfig {
     fn example() -> Self {
         epi_core::settings::example_from(
-            serde_json::json!({"hosts": ["10.0.0.1", "10.0.0.2:9999"], "model": "/models/dllama_model_qwen3_30b_a3b_q40.m", "tokenizer": "/models/dllama_tokenizer_qwen3_30b_a3b.t"}),
+            serde_json::json!({"hosts": ["10.0.0.1", "10.0.0.2:9999"], "ssh_user": "pi", "model": "/models/dllama_model_qwen3_30b_a3b_q40.m", "tokenizer": "/models/dllama_tokenizer_qwen3_30b_a3b.t"}),
         )
     }
 }

@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod benchmark;
 pub mod config;
+pub mod contract;
 pub mod energy;
 pub mod error;
 pub mod generative;
