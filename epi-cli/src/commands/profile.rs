@@ -143,11 +143,11 @@ fn resolve_auto(ctx: &Context, a: &ProfileArgs) -> Result<String> {
         .list(Some(PluginKind::Power))
         .into_iter()
         .filter(|e| !candidates.contains(&e.key))
-        .map(|e| format!("{} ({})", e.key, e.description))
+        .map(|e| format!("--power {}: {}", e.key, e.description))
         .collect();
     Err(anyhow!(
         "--power auto: no power source measures on this machine (tried, in order: {}).\n  {}\n\
-         Name another source with --power:\n  {}",
+         Name another source:\n  {}",
         candidates.join(", "),
         tried.join("\n  "),
         others.join("\n  ")

@@ -4,12 +4,26 @@
 //! a space, comment lines, and a last event with no blank line after it (dllama-api ends its stream
 //! with `data: [DONE]` and closes the connection).
 
-/// Splits a byte stream into the `data` payloads of complete events.
-#[derive(Debug, Default)]
+use epi_core::lines::{trim_cr, LineSplitter, Overlong, Piece};
+
+/// Splits a byte stream into the `data` payloads of complete events (lines framed by the one line
+/// splitter, [`epi_core::lines`]).
+#[derive(Debug)]
 pub struct SseReader {
-    pending: Vec<u8>,
+    lines: LineSplitter,
     data: Vec<String>,
     has_data: bool,
+}
+
+impl Default for SseReader {
+    fn default() -> Self {
+        SseReader {
+            // No limit: an event's data line is as long as the server makes it.
+            lines: LineSplitter::new(usize::MAX, Overlong::Cut),
+            data: Vec::new(),
+            has_data: false,
+        }
+    }
 }
 
 impl SseReader {
@@ -20,14 +34,13 @@ impl SseReader {
 
     /// Feeds a chunk; returns the payloads of the events it completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(chunk);
+        let mut complete: Vec<Vec<u8>> = Vec::new();
+        self.lines.feed(chunk, |p| match p {
+            Piece::Line(l) | Piece::Cut(l) => complete.push(trim_cr(l).to_vec()),
+            Piece::TooLong => {}
+        });
         let mut out = Vec::new();
-        while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.pending.drain(..=pos).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
+        for line in complete {
             self.line(&line, &mut out);
         }
         out
@@ -37,12 +50,8 @@ impl SseReader {
     /// completed here.
     pub fn finish(&mut self) -> Vec<String> {
         let mut out = Vec::new();
-        if !self.pending.is_empty() {
-            let mut line = std::mem::take(&mut self.pending);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            self.line(&line, &mut out);
+        if let Some(rest) = self.lines.finish() {
+            self.line(trim_cr(&rest), &mut out);
         }
         self.dispatch(&mut out);
         out
