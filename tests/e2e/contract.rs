@@ -5,15 +5,16 @@
 //!
 //! Where a plugin needs something real to talk to, the test provides it here and overrides the
 //! example's address: a trace file (`csv`), a powercap tree (`rapl`), this machine's `/proc`
-//! (`cpu-model`), the epi-meter emulator on a real pty (`epi-meter`), the llama-server double
-//! (`openai`), the suites' bundled data. Without it — no GPU for `nvml`, no Orchestrator, no
-//! distributed-llama cluster (pointed at a closed loopback port so the check is quick) — the
-//! contract is that it refuses with an error naming itself. The printed table lists the outcome
-//! of every plugin.
+//! (`cpu-model`), the epi-meter emulator on a real pty (`epi-meter`), a real sshd and SQLite file
+//! (`orchestrator`), the llama-server double (`openai`), the real distributed-llama behind a real
+//! sshd (`distributed-llama`, where `EPI_DLLAMA_DIR` holds the prepared engine: always in CI), the
+//! suites' bundled data. Without it — no GPU for `nvml` — the contract is that the plugin refuses
+//! with an error naming itself. The printed table lists the outcome of every plugin.
 
 use crate::support::{data_dir, free_port, have_python, have_tool, Emulator, LlamaServer};
 use epi_framework::contract::{check_backend, check_power_source, check_suite, Outcome};
 use epi_framework::registry::{PluginKind, Registry};
+use epi_framework::testing::Sshd;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -61,6 +62,30 @@ fn fake_powercap(root: &Path) {
     }
 }
 
+/// A window of 4 nodes at 10 Hz in the Orchestrator's table; returns (start, end) epoch ms.
+fn orchestrator_db(path: &Path) -> (i64, i64) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch(
+        "CREATE TABLE epi_power_traces (
+           id INTEGER PRIMARY KEY, ts_utc_ms INTEGER NOT NULL, meter_t_ms INTEGER, seq INTEGER,
+           node_id INTEGER NOT NULL, watts_rms REAL NOT NULL, volts_rms REAL, amps_rms REAL,
+           power_factor REAL, wh REAL);",
+    )
+    .unwrap();
+    let t0 = 1_778_839_200_000i64;
+    for seq in 0..50i64 {
+        for node in 0..4i64 {
+            db.execute(
+                "INSERT INTO epi_power_traces (ts_utc_ms, meter_t_ms, seq, node_id, watts_rms, volts_rms, amps_rms, power_factor, wh)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 230.0, 0.05, 0.99, NULL)",
+                rusqlite::params![t0 + seq * 100 + node, seq * 100, seq, node, 8.0 + node as f64],
+            )
+            .unwrap();
+        }
+    }
+    (t0, t0 + 5_000)
+}
+
 #[test]
 fn every_power_source_keeps_the_power_source_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,6 +128,18 @@ fn every_power_source_keeps_the_power_source_contract() {
             ],
         )
     });
+    let sshd = (have_tool("sshd") && have_tool("ssh-keygen") && have_tool("sqlite3"))
+        .then(|| Sshd::start().expect("start sshd"));
+    let orchestrator = match &sshd {
+        Some(sshd) => {
+            let db = dir.path().join("telemetry.db");
+            let (start, end) = orchestrator_db(&db);
+            json!({"host": sshd.host(), "user": sshd.user(), "port": sshd.port(),
+                   "identity": sshd.user_key(), "known_hosts": sshd.known_hosts(),
+                   "db_path": db, "mode": "window", "start": start, "end": end})
+        }
+        None => json!({"host": "127.0.0.1", "port": free_port(), "timeout_s": 5.0}),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rows = Vec::new();
     for key in reg.keys(PluginKind::Power) {
@@ -114,7 +151,7 @@ fn every_power_source_keeps_the_power_source_contract() {
                 Some(m) => json!({"port": m.port}),
                 None => json!({}),
             },
-            "orchestrator" => json!({"host": "127.0.0.1", "port": free_port(), "timeout_s": 5.0}),
+            "orchestrator" => orchestrator.clone(),
             _ => json!({}),
         };
         let config = example(&reg, PluginKind::Power, &key, env);
@@ -141,6 +178,9 @@ fn every_power_source_keeps_the_power_source_contract() {
     let mut must_run = vec!["csv", "rapl", "cpu-model"];
     if meter.is_some() {
         must_run.push("epi-meter");
+    }
+    if sshd.is_some() {
+        must_run.push("orchestrator");
     }
     for k in must_run {
         let r = &rows.iter().find(|(key, _)| key == k).unwrap().1;
@@ -186,14 +226,32 @@ fn every_backend_keeps_the_backend_contract() {
     let dir = tempfile::tempdir().unwrap();
     let server = LlamaServer::start(dir.path());
     let reg = registry();
+    // The real engine on one node behind a real sshd, when it is prepared (always in CI).
+    let node = crate::dllama_real::real_engine().map(|engine| {
+        let sshd = Sshd::start().expect("start sshd");
+        let files = tempfile::tempdir().unwrap();
+        for f in ["dllama", "dllama-api", "smollm2_q40.m", "smollm2.t"] {
+            std::os::unix::fs::symlink(engine.join(f), files.path().join(f)).unwrap();
+        }
+        (sshd, files)
+    });
+    let dllama = match &node {
+        Some((sshd, files)) => {
+            let p = |f: &str| files.path().join(f);
+            json!({"hosts": ["127.0.0.1"], "ssh_user": sshd.user(), "ssh_port": sshd.port(),
+                   "ssh_key": sshd.user_key(), "known_hosts": sshd.known_hosts(),
+                   "model": p("smollm2_q40.m"), "tokenizer": p("smollm2.t"),
+                   "dllama": p("dllama"), "dllama_api": p("dllama-api"), "api_port": free_port(),
+                   "nthreads": 2, "max_seq_len": 4096, "stop_grace_s": 5.0})
+        }
+        None => json!({"hosts": ["127.0.0.1"], "ssh_port": free_port(), "startup_timeout_s": 10.0}),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut rows = Vec::new();
     for key in reg.keys(PluginKind::Backend) {
         let env = match key.as_str() {
             "openai" => json!({"url": server.url()}),
-            "distributed-llama" => {
-                json!({"hosts": ["127.0.0.1"], "ssh_port": free_port(), "startup_timeout_s": 10.0})
-            }
+            "distributed-llama" => dllama.clone(),
             _ => json!({}),
         };
         let config = example(&reg, PluginKind::Backend, &key, env);
@@ -201,9 +259,9 @@ fn every_backend_keeps_the_backend_contract() {
             .backend(&key, &config)
             .unwrap_or_else(|e| panic!("{key}: its example does not build: {e}"));
         let r = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(120), check_backend(&key, backend))
+            tokio::time::timeout(Duration::from_secs(600), check_backend(&key, backend))
                 .await
-                .unwrap_or_else(|_| Err(format!("{key}: no end within 120 s")))
+                .unwrap_or_else(|_| Err(format!("{key}: no end within 600 s")))
         });
         rows.push((key, r));
     }
@@ -211,8 +269,14 @@ fn every_backend_keeps_the_backend_contract() {
     for (k, r) in &rows {
         assert!(r.is_ok(), "{k}: {r:?}");
     }
-    let openai = &rows.iter().find(|(k, _)| k == "openai").unwrap().1;
-    assert!(matches!(openai, Ok(Outcome::Ran(_))), "{openai:?}");
+    let mut must_run = vec!["openai"];
+    if node.is_some() {
+        must_run.push("distributed-llama");
+    }
+    for k in must_run {
+        let r = &rows.iter().find(|(key, _)| key == k).unwrap().1;
+        assert!(matches!(r, Ok(Outcome::Ran(_))), "{k}: {r:?}");
+    }
 }
 
 #[test]

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
 /// The prepared engine, or `None` (skip) outside CI.
-fn real_engine() -> Option<PathBuf> {
+pub(crate) fn real_engine() -> Option<PathBuf> {
     let dir = std::env::var_os("EPI_DLLAMA_DIR").map(PathBuf::from);
     let complete = dir.as_ref().is_some_and(|d| {
         ["dllama", "dllama-api", "smollm2_q40.m", "smollm2.t"]
