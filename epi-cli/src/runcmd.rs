@@ -27,10 +27,11 @@ pub struct BackendArgs {
     /// Inference backend: `openai`, `distributed-llama` (see `epi list plugins --kind backend`).
     #[arg(long)]
     pub backend: Option<String>,
-    /// Server URL (openai backend).
+    /// Server URL (alias of the backend setting `url`: openai).
     #[arg(long)]
     pub url: Option<String>,
-    /// Model name sent to the server (openai), or the model file (distributed-llama).
+    /// Alias of the backend setting `model`: the model name sent to the server (openai), or the
+    /// model file (distributed-llama).
     #[arg(long)]
     pub model: Option<String>,
     /// Environment variable holding the API key (openai; the key itself never goes on a command
@@ -55,7 +56,8 @@ pub struct BackendArgs {
     /// Record unknown host keys in known_hosts instead of refusing them (distributed-llama).
     #[arg(long)]
     pub accept_new_host_key: bool,
-    /// Any other backend setting, `KEY=VALUE` (a TOML value, or a bare string); repeatable.
+    /// Any other backend setting, `KEY=VALUE` (a TOML value, or a bare string); repeatable. The
+    /// same as `--set backend.<key>.KEY=VALUE`; `epi list plugins --details <key>` lists them.
     #[arg(long = "backend-option", short = 'O', value_name = "KEY=VALUE")]
     pub backend_options: Vec<String>,
 }
