@@ -59,7 +59,10 @@ pub(super) fn parse_slots(v: &Value) -> Option<Vec<SlotUse>> {
         .map(|x| {
             Some(SlotUse {
                 id: x.get("id")?.as_u64()?,
-                tokens: x.get("n_prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+                tokens: x
+                    .get("n_prompt_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
                 busy: x
                     .get("is_processing")
                     .and_then(Value::as_bool)
@@ -79,7 +82,8 @@ pub(super) fn fill_len(n_ctx: u64, others: &[SlotUse]) -> Option<u64> {
 }
 
 /// The advice that goes with every layout that is not at cell 0.
-const ADVICE: &str = "log-likelihoods marked exact are reproducible on this server, but may differ \
+const ADVICE: &str =
+    "log-likelihoods marked exact are reproducible on this server, but may differ \
     from a single-pass reference by up to tenths of a nat: llama-server's KV cache, unified across \
     its slots by default, places the pinned slot's sequence after what other slots hold; restart \
     it with --no-kv-unified (or -np 1), or leave its other slots unused, for values equal to a \
@@ -181,7 +185,10 @@ impl OpenAiBackend {
         };
         if after_held.len() == held.len() && after_held.iter().all(|&t| t == 0) {
             Ok(KvLayout {
-                details: details(json!(true), "purged by the server to make room for a fill prompt"),
+                details: details(
+                    json!(true),
+                    "purged by the server to make room for a fill prompt",
+                ),
                 at_cell_0: true,
                 warning: None,
             })
