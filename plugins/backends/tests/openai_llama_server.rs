@@ -683,13 +683,6 @@ async fn on_a_unified_kv_cache_with_history_single_pass_values_equal_a_full_eval
     cached.loglikelihood(&plants()).await.unwrap();
     let mut b = backend(&d.url(), json!({"top_n": 49152}));
     let info = b.start().await.unwrap();
-    assert_eq!(info.details["kv_cache"]["kv_unified"], true, "{info:?}");
-    assert!(info.details["kv_cache"]["fill_tokens"].as_u64().unwrap() > 0);
-    assert!(info.details["exact_means"]
-        .as_str()
-        .unwrap()
-        .starts_with("equal to a single-pass evaluation"));
-    assert!(info.warnings.is_empty(), "{:?}", info.warnings);
     let r = b.loglikelihood(&plants()).await.unwrap();
     for (a, t) in r.scores.iter().zip(&truth.scores) {
         assert!(a.exact);
@@ -700,6 +693,13 @@ async fn on_a_unified_kv_cache_with_history_single_pass_values_equal_a_full_eval
             t.logprob
         );
     }
+    assert_eq!(info.details["kv_cache"]["kv_unified"], true, "{info:?}");
+    assert!(info.details["kv_cache"]["fill_tokens"].as_u64().unwrap() > 0);
+    assert!(info.details["exact_means"]
+        .as_str()
+        .unwrap()
+        .starts_with("equal to a single-pass evaluation"));
+    assert!(info.warnings.is_empty(), "{:?}", info.warnings);
     // A fresh start on the same server: the other slots stay empty, nothing to purge.
     let mut again = backend(&d.url(), json!({"top_n": 49152}));
     let info = again.start().await.unwrap();
