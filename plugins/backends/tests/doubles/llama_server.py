@@ -28,13 +28,17 @@ What it IMITATES of the recorded server's behaviour (observed on the build of th
     llama.cpp's small-batch kernels are (measured: 0.35 and 0.53 nats on a 711-token prompt);
   - the KV pool: --ctx tokens per slot, shared by all slots with --unified; requests in flight whose
     prompts together exceed a shared pool get the recorded HTTP 500;
-  - shared-KV numerics: with --unified and more than one slot, a distribution computed on a slot
-    other than 0 is PERTURBED by up to 0.4 nats, depending on the slot and on how many tokens the
-    other slots hold; on slot 0 it is not (measured on the real llama-server, -c 4096, 4 slots,
-    unified: one 192-token prompt evaluated whole after a reset gave, against slot 0, 0.40, 0.43
-    and 0.35 nats on slots 1, 2 and 3 in its top 100, slot 2 another 0.35 on a second try, and
-    slot 0 the same numbers bit for bit over 8 rounds of random prompts on the other slots; with
-    -np 1 or --no-kv-unified every slot gave the same numbers bit for bit);
+  - KV cells (--unified, more than one slot): one buffer of --ctx cells shared by the slots, as
+    llama.cpp's llama_kv_cache places them: each ubatch takes the free cells found from `head`
+    (from cell 0 when head > used + 2 * n_tokens), head then follows the last cell placed, and
+    removing a slot's cells moves head back to the first freed cell when lower (find_slot,
+    apply_ubatch, seq_rm); a ubatch with no room makes the server purge idle slots one by one, in
+    slot order, and retry (try_clear_idle_slots), else the request fails;
+  - shared-KV numerics: a distribution whose sequence does not lie in cells 0, 1, 2, ... of a
+    unified buffer is PERTURBED by up to 0.4 nats, depending on where it lies (ggml's CPU flash
+    attention takes the cells in 64-cell tiles; measured on the real llama-server, -c 4096, 4
+    slots: up to 0.71 nats on a continuation, and the reference's numbers at offset 0; with -np 1
+    or --no-kv-unified every slot gave the same numbers bit for bit);
   - SIGTERM: requests being answered finish, then the listening socket closes (new connections are
     refused), the process stays alive and open connections get no reply, ever (recorded: the queued
     requests of a real llama-server after SIGTERM);
@@ -62,7 +66,8 @@ tokenizer adds BOS with add_special), --flavour vllm (vLLM's documented interfac
 /tokenize with `prompt`/`add_special_tokens`, `echo` honoured with the legacy `tokens`/`token_logprobs`
 shape, no /props or /completion; synthesised from vLLM's source, not recorded), --slots N (2),
 --ctx N (2048, each slot's context), --unified, --ubatch N (512), --min-batch N (64), --delay-ms X,
---ignore-id-slot (a server that does not honour `id_slot`), --cache-ram N (8192; 0: no RAM cache).
+--ignore-id-slot (a server that does not honour `id_slot`), --cache-ram N (8192; 0: no RAM cache),
+--no-slots (GET /slots answers llama-server's 501 `not_supported_error`).
 The log also gets {"event": "peak_pool", "tokens": N} lines: the most prompt tokens in flight.
 """
 
@@ -254,6 +259,54 @@ class Slots:
         self.cv = threading.Condition()
         self.in_flight = 0
         self.peak = 0
+        # The unified KV buffer: per cell None or (slot id, position); llama_kv_cache's head.
+        self.cells, self.head = [None] * n_ctx, 0
+
+    def seq_rm(self, sid, p0):
+        """llama_kv_cache::seq_rm: frees the slot's cells of positions >= p0; head moves back to the
+        first freed cell when that is lower."""
+        first = None
+        for c, v in enumerate(self.cells):
+            if v is not None and v[0] == sid and v[1] >= p0:
+                self.cells[c] = None
+                first = c if first is None else first
+        if first is not None and first < self.head:
+            self.head = first
+
+    def place(self, sl, p0, p1):
+        """find_slot + apply_ubatch for positions p0..p1-1 of the slot; False: no room."""
+        n = p1 - p0
+        used = sum(v is not None for v in self.cells)
+        if len(self.cells) - used < n:
+            return False
+        c = self.head if self.head <= used + 2 * n else 0
+        idxs = []
+        while len(idxs) < n:
+            if c >= len(self.cells):
+                c = 0
+            if self.cells[c] is None:
+                idxs.append(c)
+            c += 1
+        for i, c in enumerate(idxs):
+            self.cells[c] = (sl.id, p0 + i)
+        self.head = idxs[-1] + 1
+        return True
+
+    def purge_idle(self, busy):
+        """try_clear_idle_slots: purges the first idle slot holding tokens; False: none."""
+        for o in self.slots:
+            if o is not busy and not o.busy and o.tokens:
+                self.seq_rm(o.id, 0)
+                o.tokens, o.small = [], []
+                return True
+        return False
+
+    def layout(self, sl):
+        """0 where the slot's sequence lies in cells 0, 1, 2, ...; else a key of where it lies."""
+        mine = sorted((v[1], c) for c, v in enumerate(self.cells) if v is not None and v[0] == sl.id)
+        if all(c == i for i, (_, c) in enumerate(mine)):
+            return 0
+        return 1 + (fnv1a(repr([c for _, c in mine]).encode()) % 1000003)
 
     def select(self, tokens, id_slot):
         """llama-server's get_available_slot: the pinned slot, else the idle slot whose cache covers
@@ -334,16 +387,22 @@ class Slots:
                 if k == len(tokens) and k > 0:
                     k -= 1
             small = list(sl.small[:k])
+            cells = self.unified and len(self.slots) > 1
+            if cells:
+                self.seq_rm(sl.id, k)
             pos = k
             while pos < len(tokens):
                 n = min(self.ubatch, len(tokens) - pos)
+                if cells:
+                    while not self.place(sl, pos, pos + n):
+                        if not self.purge_idle(sl):
+                            self.seq_rm(sl.id, 0)
+                            sl.tokens, sl.small = [], []
+                            raise ContextExceeded()
                 small.extend([n < self.min_batch] * n)
                 pos += n
             sl.tokens, sl.small = list(tokens), small
-            others = 0
-            if self.unified and len(self.slots) > 1 and sl.id != 0:
-                others = 1 + sl.id + sum(len(o.tokens) for o in self.slots if o is not sl)
-            return k, any(small), others
+            return k, any(small), (self.layout(sl) if cells else 0)
 
     def release(self, sl, tokens):
         with self.cv:
@@ -567,10 +626,16 @@ class Handler(socketserver.BaseRequestHandler):
         return self.send_json(v)
 
     def slots_list(self):
+        if self.server.no_slots:
+            raise HttpError(501, "This server does not support slots endpoint. Start it with `--slots`",
+                            "not_supported_error")
         if self.server.recorded_layout and not any(sl.busy or sl.tokens for sl in self.server.slots.slots):
             return self.send_raw("slots")
         sl = self.server.slots
-        return self.send_json([{"id": x.id, "n_ctx": sl.n_ctx, "speculative": False, "is_processing": x.busy}
+        # llama-server adds the task's fields (n_prompt_tokens: what the slot holds) once a slot has
+        # served one (`t_last`).
+        return self.send_json([dict({"id": x.id, "n_ctx": sl.n_ctx, "speculative": False, "is_processing": x.busy},
+                                    **({"n_prompt_tokens": len(x.tokens)} if x.t_last else {}))
                                for x in sl.slots])
 
     def prompt_ids(self, prompt):
@@ -823,7 +888,10 @@ class Handler(socketserver.BaseRequestHandler):
         except ContextExceeded:
             raise HttpError(500, "Context size has been exceeded.", "server_error")
         try:
-            cache_n, small, others = slots.evaluate(sl, ids, cache_prompt)
+            try:
+                cache_n, small, others = slots.evaluate(sl, ids, cache_prompt)
+            except ContextExceeded:
+                raise HttpError(500, "Context size has been exceeded.", "server_error")
             if self.server.delay_ms:
                 time.sleep(self.server.delay_ms * (len(ids) - cache_n) / 1000.0)
         finally:
@@ -916,12 +984,14 @@ def main():
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--ignore-id-slot", action="store_true")
     ap.add_argument("--cache-ram", type=int, default=8192)
+    ap.add_argument("--no-slots", action="store_true")
     a = ap.parse_args()
     srv = Server(("127.0.0.1", a.port), Handler)
     srv.log_path, srv.echo, srv.add_bos, srv.flavour = a.log, a.echo, a.add_bos, a.flavour
     srv.slots = Slots(a.slots, a.ctx, a.unified, a.ubatch, a.min_batch, a.ignore_id_slot, a.cache_ram != 0)
     srv.recorded_layout = (a.slots, a.ctx, a.unified) == (2, 2048, False)
     srv.delay_ms, srv.logged_peak = a.delay_ms, 0
+    srv.no_slots = a.no_slots
     srv.terminating = threading.Event()
 
     def on_term(signum, frame):

@@ -18,6 +18,9 @@ impl OpenAiBackend {
         if let Some(m) = &s.model {
             body["model"] = json!(m);
         }
+        if let Some(slot) = self.probe_slot(s) {
+            body["id_slot"] = json!(slot);
+        }
         let (reply, _) = self
             .send(
                 s,

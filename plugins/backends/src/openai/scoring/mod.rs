@@ -10,6 +10,7 @@
 //! without the log-probabilities asked for.
 
 mod echo;
+mod kv_cells;
 mod single_pass;
 mod top_n;
 

@@ -107,6 +107,13 @@ pub(super) fn plan(held: &[u32], valid: usize, prompt: &[u32], min: usize, max: 
 }
 
 impl OpenAiBackend {
+    /// The slot that start-up probes are pinned to: the single-pass slot on llama-server in the
+    /// single-pass mode, so that no other slot places KV cells (see `kv_cells`).
+    pub(super) fn probe_slot(&self, s: &Session) -> Option<u32> {
+        (s.profile.quirks().native_top_n && self.config.top_n_mode == TopNMode::SinglePass)
+            .then_some(0)
+    }
+
     /// Sets up single-pass scoring when the session scores by top-N on a server with llama.cpp's
     /// native `/completion` in the single-pass mode: pins slot 0 and checks the method on this
     /// server, recording the check in `details` (and a warning when it failed). Returns whether
@@ -135,6 +142,10 @@ impl OpenAiBackend {
             trusted: true,
         };
         let unit = self.tokenize(s, PROBE_TEXT).await?;
+        // The pinned slot's sequence must start at KV cell 0 for values equal to a single-pass
+        // reference (see `kv_cells`); the check's resets then place it there.
+        let layout = self.clear_other_slots(s, 0, &unit).await?;
+        details.insert("kv_cache".into(), layout.details.clone());
         let check = self.check_single_pass(s, &sp, &unit).await?;
         let trusted = matches!(check, Ok(d) if d <= CHECK_TOLERANCE);
         details.insert(
@@ -160,6 +171,18 @@ impl OpenAiBackend {
                     Err(why) => why.clone(),
                 }
             ));
+        }
+        if trusted {
+            details.insert(
+                "exact_means".into(),
+                json!(if layout.at_cell_0 {
+                    "equal to a single-pass evaluation (the pinned slot's sequence starts at KV cell 0)"
+                } else {
+                    "reproducible on this server; restart it with --no-kv-unified (or -np 1) for \
+                     values equal to a single-pass reference"
+                }),
+            );
+            warnings.extend(layout.warning);
         }
         details.insert("slot".into(), json!(0));
         details.insert("min_batch_tokens".into(), json!(sp.min));

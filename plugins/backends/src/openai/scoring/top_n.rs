@@ -23,7 +23,7 @@ impl OpenAiBackend {
             )));
         }
         let ids = self.tokenize(s, PROBE_TEXT).await?;
-        match self.top_n_request(s, &ids, None, false).await {
+        match self.top_n_request(s, &ids, self.probe_slot(s), false).await {
             Ok(t) if !t.entries.is_empty() => Ok(Ok(())),
             Ok(_) => Ok(Err("no top-N log-probabilities in the reply".into())),
             Err(e @ BackendError::Unavailable { .. }) => Err(e),
