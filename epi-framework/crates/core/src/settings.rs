@@ -121,10 +121,13 @@ impl Settings {
                 continue;
             }
             match obj.get("additionalProperties") {
-                Some(Value::Bool(false)) | None if obj.get("properties").is_some() => return false,
-                Some(Value::Bool(false)) => return false,
+                // A map-typed setting: any key, its values of that schema.
                 Some(v @ Value::Object(_)) => node = v,
-                Some(Value::Bool(true)) | None => return obj.get("type") == Some(&"object".into()),
+                // A free-form table (no declared fields, other keys allowed).
+                Some(Value::Bool(true)) | None if obj.get("properties").is_none() => {
+                    return obj.get("type") == Some(&"object".into())
+                }
+                // A struct: its fields only.
                 _ => return false,
             }
         }
