@@ -160,41 +160,37 @@ pub fn backend_key(ctx: &Context, a: &BackendArgs) -> Result<String> {
 /// alias its settings over it, checked against the backend's description (`--url` to a backend
 /// without a `url` is refused, naming both).
 pub fn backend_config(ctx: &Context, key: &str, a: &BackendArgs) -> Result<PluginConfig> {
-    let mut o = Vec::new();
-    let mut set = |flag: &str, k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            o.push(Override::flag(flag, k, v));
-        }
-    };
-    set("--url", "url", a.url.clone().map(Value::String));
-    set("--model", "model", a.model.clone().map(Value::String));
-    set(
-        "--api-key-env",
-        "api_key_env",
-        a.api_key_env.clone().map(Value::String),
-    );
-    set(
-        "--hosts",
-        "hosts",
-        (!a.hosts.is_empty()).then(|| json!(a.hosts)),
-    );
-    set(
-        "--ssh-user",
-        "ssh_user",
-        a.ssh_user.clone().map(Value::String),
-    );
-    set("--ssh-port", "ssh_port", a.ssh_port.map(|p| json!(p)));
-    set("--ssh-key", "ssh_key", a.ssh_key.as_ref().map(|p| json!(p)));
-    set(
-        "--known-hosts",
-        "known_hosts",
-        a.known_hosts.as_ref().map(|p| json!(p)),
-    );
-    set(
-        "--accept-new-host-key",
-        "accept_new_host_key",
-        a.accept_new_host_key.then_some(Value::Bool(true)),
-    );
+    let mut o = Override::given(vec![
+        ("--url", "url", a.url.clone().map(Value::String)),
+        ("--model", "model", a.model.clone().map(Value::String)),
+        (
+            "--api-key-env",
+            "api_key_env",
+            a.api_key_env.clone().map(Value::String),
+        ),
+        (
+            "--hosts",
+            "hosts",
+            (!a.hosts.is_empty()).then(|| json!(a.hosts)),
+        ),
+        (
+            "--ssh-user",
+            "ssh_user",
+            a.ssh_user.clone().map(Value::String),
+        ),
+        ("--ssh-port", "ssh_port", a.ssh_port.map(|p| json!(p))),
+        ("--ssh-key", "ssh_key", a.ssh_key.as_ref().map(|p| json!(p))),
+        (
+            "--known-hosts",
+            "known_hosts",
+            a.known_hosts.as_ref().map(|p| json!(p)),
+        ),
+        (
+            "--accept-new-host-key",
+            "accept_new_host_key",
+            a.accept_new_host_key.then_some(Value::Bool(true)),
+        ),
+    ]);
     for opt in &a.backend_options {
         o.push(parse_option(opt, "--backend-option")?);
     }

@@ -30,8 +30,7 @@ fn registry() -> Registry {
 fn example(reg: &Registry, kind: PluginKind, key: &str, env: Value) -> Value {
     let e = reg.get(kind, key).unwrap();
     let mut v = e
-        .settings
-        .as_ref()
+        .settings()
         .map(|s| s.example().clone())
         .unwrap_or(Value::Null);
     if let (Value::Object(m), Value::Object(over)) = (&mut v, env) {

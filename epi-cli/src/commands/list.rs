@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, what: &ListWhat) -> Result<ExitCode> {
                             "capabilities": e.capabilities, "toml_aliases": e.toml_aliases,
                         });
                         if a.details.is_some() {
-                            if let Some(s) = &e.settings {
+                            if let Some(s) = e.settings() {
                                 j["settings"] = serde_json::to_value(s.fields()).unwrap_or_default();
                                 j["example"] = s.example().clone();
                                 j["schema"] = s.schema().clone();
@@ -146,7 +146,7 @@ fn details_text(ctx: &Context, e: &Entry) -> String {
     for c in &e.capabilities {
         let _ = writeln!(o, "  {}", capability_words(c));
     }
-    let Some(settings) = &e.settings else {
+    let Some(settings) = e.settings() else {
         let _ = writeln!(
             o,
             "  settings: not described (a dynamic library: the C ABI passes the table as JSON)"
@@ -221,7 +221,7 @@ pub fn markdown(entries: &[&Entry]) -> String {
         for c in &e.capabilities {
             let _ = writeln!(o, "Capability: {}.\n", capability_words(c));
         }
-        let Some(settings) = &e.settings else {
+        let Some(settings) = e.settings() else {
             let _ = writeln!(o, "Settings: not described (a dynamic library).\n");
             continue;
         };

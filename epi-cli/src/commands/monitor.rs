@@ -105,30 +105,25 @@ fn overrides(a: &MonitorArgs) -> Result<Vec<Override>, Refusal> {
         return Err(Refusal(2, "--port (a serial device) and --ssh-port (an SSH port) both set the source's `port`: give one".into()));
     }
     let path = |p: &PathBuf| Value::from(p.display().to_string());
-    let mut o = Vec::new();
-    let mut flag = |f: &str, setting: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            o.push(Override::flag(f, setting, v));
-        }
-    };
-    flag("--port", "port", a.port.clone().map(Value::from));
-    flag("--ssh-port", "port", a.ssh_port.map(Value::from));
-    flag("--baud", "baud", a.baud.map(Value::from));
-    flag("--file", "path", a.file.as_ref().map(path));
-    flag("--host", "host", a.host.clone().map(Value::from));
-    flag("--user", "user", a.user.clone().map(Value::from));
-    flag("--identity", "identity", a.identity.as_ref().map(path));
-    flag(
-        "--known-hosts",
-        "known_hosts",
-        a.known_hosts.as_ref().map(path),
-    );
-    flag(
-        "--accept-new-host-key",
-        "accept_new_host_key",
-        a.accept_new_host_key.then_some(Value::Bool(true)),
-    );
-    Ok(o)
+    Ok(Override::given(vec![
+        ("--port", "port", a.port.clone().map(Value::from)),
+        ("--ssh-port", "port", a.ssh_port.map(Value::from)),
+        ("--baud", "baud", a.baud.map(Value::from)),
+        ("--file", "path", a.file.as_ref().map(path)),
+        ("--host", "host", a.host.clone().map(Value::from)),
+        ("--user", "user", a.user.clone().map(Value::from)),
+        ("--identity", "identity", a.identity.as_ref().map(path)),
+        (
+            "--known-hosts",
+            "known_hosts",
+            a.known_hosts.as_ref().map(path),
+        ),
+        (
+            "--accept-new-host-key",
+            "accept_new_host_key",
+            a.accept_new_host_key.then_some(Value::Bool(true)),
+        ),
+    ]))
 }
 
 /// Without `--power`: the one source that has every setting the flags give (`--host` → the
@@ -146,7 +141,7 @@ fn source_for_flags(ctx: &Context, flags: &[Override]) -> Result<String, String>
         .list(Some(PluginKind::Power))
         .into_iter()
         .filter(|e| {
-            e.settings.as_ref().is_some_and(|s| {
+            e.settings().is_some_and(|s| {
                 flags.iter().all(|o| {
                     let p: Vec<&str> = o.path.iter().map(String::as_str).collect();
                     s.has(&p)

@@ -92,13 +92,10 @@ pub struct ProfileArgs {
 /// alias its settings over it (`--port`, `--baud`, `--power-option K=V`), checked against the
 /// source's description.
 fn power_config(ctx: &Context, key: &str, a: &ProfileArgs) -> Result<Value> {
-    let mut o = Vec::new();
-    if let Some(p) = &a.port {
-        o.push(Override::flag("--port", "port", p.clone()));
-    }
-    if let Some(b) = a.baud {
-        o.push(Override::flag("--baud", "baud", b));
-    }
+    let mut o = Override::given(vec![
+        ("--port", "port", a.port.clone().map(Value::from)),
+        ("--baud", "baud", a.baud.map(Value::from)),
+    ]);
     for opt in &a.power_options {
         o.push(runcmd::parse_option(opt, "--power-option")?);
     }

@@ -110,30 +110,25 @@ fn utc_text(ms: i64) -> String {
 /// The flags as the source's settings (only those given), and the window.
 fn overrides(a: &PullArgs, start: i64, end: i64) -> Vec<Override> {
     let path = |p: &PathBuf| Value::from(p.display().to_string());
-    let mut o = Vec::new();
-    let mut flag = |f: &str, setting: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            o.push(Override::flag(f, setting, v));
-        }
-    };
-    flag("--host", "host", a.host.clone().map(Value::from));
-    flag("--user", "user", a.user.clone().map(Value::from));
-    flag("--ssh-port", "port", a.ssh_port.map(Value::from));
-    flag("--identity", "identity", a.identity.as_ref().map(path));
-    flag(
-        "--known-hosts",
-        "known_hosts",
-        a.known_hosts.as_ref().map(path),
-    );
-    flag(
-        "--accept-new-host-key",
-        "accept_new_host_key",
-        a.accept_new_host_key.then_some(Value::Bool(true)),
-    );
-    flag("--start", "mode", Some(json!("window")));
-    flag("--start", "start", Some(json!(start)));
-    flag("--end", "end", Some(json!(end)));
-    o
+    Override::given(vec![
+        ("--host", "host", a.host.clone().map(Value::from)),
+        ("--user", "user", a.user.clone().map(Value::from)),
+        ("--ssh-port", "port", a.ssh_port.map(Value::from)),
+        ("--identity", "identity", a.identity.as_ref().map(path)),
+        (
+            "--known-hosts",
+            "known_hosts",
+            a.known_hosts.as_ref().map(path),
+        ),
+        (
+            "--accept-new-host-key",
+            "accept_new_host_key",
+            a.accept_new_host_key.then_some(Value::Bool(true)),
+        ),
+        ("--start", "mode", Some(json!("window"))),
+        ("--start", "start", Some(json!(start))),
+        ("--end", "end", Some(json!(end))),
+    ])
 }
 
 /// The source that reads past windows: `--power`, else the one registered with that ability.

@@ -473,6 +473,14 @@ impl Override {
             value: value.into(),
         }
     }
+
+    /// The flags that were given, as overrides, in order: `(flag, setting, value if given)`.
+    pub fn given(flags: Vec<(&str, &str, Option<serde_json::Value>)>) -> Vec<Override> {
+        flags
+            .into_iter()
+            .filter_map(|(f, setting, v)| v.map(|v| Override::flag(f, setting, v)))
+            .collect()
+    }
 }
 
 impl Config {
@@ -489,8 +497,13 @@ impl Config {
     ) -> Result<PluginConfig, Error> {
         let entry = registry.get(kind, key)?;
         let mut config = self.plugin_config(kind, key);
+        let described = if overrides.is_empty() {
+            None
+        } else {
+            entry.settings()
+        };
         for o in overrides {
-            if let Some(settings) = &entry.settings {
+            if let Some(settings) = &described {
                 let path: Vec<&str> = o.path.iter().map(String::as_str).collect();
                 settings
                     .check_path(&path)

@@ -202,12 +202,20 @@ pub struct Entry {
     pub origin: Origin,
     /// How to build it.
     pub factory: EntryFactory,
-    /// Its configuration, described; `None` for a dynamic library (ABI v1 carries no schema).
-    pub settings: Option<Settings>,
+    /// How to describe its configuration (derived on demand: start-up builds no schema);
+    /// `None` for a dynamic library (ABI v1 carries no schema). See [`Entry::settings`].
+    pub describe: Option<fn() -> Settings>,
     /// Other top-level TOML tables that configure it.
     pub toml_aliases: Vec<String>,
     /// What it can do.
     pub capabilities: Vec<Capability>,
+}
+
+impl Entry {
+    /// Its configuration, described (schema and example); `None` for a dynamic library.
+    pub fn settings(&self) -> Option<Settings> {
+        self.describe.map(|f| f())
+    }
 }
 
 impl fmt::Debug for Entry {
@@ -245,7 +253,7 @@ impl Registry {
                 description: reg.description.to_string(),
                 origin: Origin::Builtin,
                 factory: EntryFactory::Builtin(reg.factory),
-                settings: Some((reg.settings)()),
+                describe: Some(reg.settings),
                 toml_aliases: reg.toml_aliases.iter().map(|s| s.to_string()).collect(),
                 capabilities: reg.capabilities.to_vec(),
             });

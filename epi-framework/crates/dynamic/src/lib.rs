@@ -120,7 +120,7 @@ pub fn load_into(registry: &mut Registry, path: &Path) -> Result<(), Error> {
             abi_version: desc.abi_version,
         },
         factory: EntryFactory::DynamicPower(factory),
-        settings: None,
+        describe: None,
         toml_aliases: Vec::new(),
         capabilities: Vec::new(),
     })

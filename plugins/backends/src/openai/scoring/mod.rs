@@ -196,29 +196,12 @@ impl OpenAiBackend {
         match &s.ll {
             LoglikelihoodSupport::Echo => {
                 // One batched request per distinct context (almost always exactly one).
-                let mut i = 0;
-                while i < pairs.len() {
-                    let ctx = pairs[i].0.clone();
-                    let group: Vec<Vec<u32>> = pairs[i..]
-                        .iter()
-                        .take_while(|(c, _)| *c == ctx)
-                        .map(|(_, k)| k.clone())
-                        .collect();
-                    let n = group.len();
+                for (ctx, group) in by_context(&pairs) {
                     scores.extend(self.score_echo(s, &ctx, &group, &mut stats).await?);
-                    i += n;
                 }
             }
             LoglikelihoodSupport::TopN { .. } => {
-                let mut i = 0;
-                while i < pairs.len() {
-                    let ctx = pairs[i].0.clone();
-                    let group: Vec<Vec<u32>> = pairs[i..]
-                        .iter()
-                        .take_while(|(c, _)| *c == ctx)
-                        .map(|(_, k)| k.clone())
-                        .collect();
-                    let n = group.len();
+                for (ctx, group) in by_context(&pairs) {
                     let scored = match &s.single_pass {
                         Some(sp) => {
                             // One item at a time on the pinned slot.
@@ -241,7 +224,6 @@ impl OpenAiBackend {
                         stats.cached_tokens = Some(stats.cached_tokens.unwrap_or(0) + c);
                     }
                     scores.extend(sc);
-                    i += n;
                 }
             }
             LoglikelihoodSupport::None => unreachable!("handled above"),
@@ -256,4 +238,17 @@ impl OpenAiBackend {
             cached_tokens: stats.cached_tokens,
         })
     }
+}
+
+/// Consecutive (context, continuation) pairs grouped by context, in order: one group per run of
+/// equal contexts.
+fn by_context(pairs: &[(Vec<u32>, Vec<u32>)]) -> Vec<(Vec<u32>, Vec<Vec<u32>>)> {
+    let mut groups: Vec<(Vec<u32>, Vec<Vec<u32>>)> = Vec::new();
+    for (ctx, cont) in pairs {
+        match groups.last_mut() {
+            Some((c, g)) if c == ctx => g.push(cont.clone()),
+            _ => groups.push((ctx.clone(), vec![cont.clone()])),
+        }
+    }
+    groups
 }
